@@ -1,0 +1,38 @@
+"""multijet: linear PDE operators of programs with collapsed Taylor-mode automatic differentiation.
+
+>>> import multijet as mj
+>>> mj.laplacian(f, x)                      # Δf, backend inferred from the type of x
+>>> mj.apply(mj.Laplacian() + 4.0 * mj.LinearOperator({(0, 0): 1.0}), f, x)   # Helmholtz
+
+Importing multijet imports neither torch nor jax; a backend's framework is imported when it is used.
+"""
+
+from .api import Compiled, apply, available_backends, bilaplacian, compile, laplacian, plan, weighted_laplacian
+from .errors import BackendError, MultijetError, PlanError, UnsupportedPrimitiveError
+from .plan import JetGroup, Plan
+from .spec import Bilaplacian, Laplacian, LinearOperator, Operator, SumOperator, WeightedLaplacian
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "laplacian",
+    "weighted_laplacian",
+    "bilaplacian",
+    "apply",
+    "compile",
+    "plan",
+    "available_backends",
+    "Compiled",
+    "Plan",
+    "JetGroup",
+    "Operator",
+    "Laplacian",
+    "WeightedLaplacian",
+    "Bilaplacian",
+    "LinearOperator",
+    "SumOperator",
+    "MultijetError",
+    "PlanError",
+    "BackendError",
+    "UnsupportedPrimitiveError",
+]

@@ -1,0 +1,181 @@
+"""The public functions: validate the call, plan the operator, hand the plan to an executor."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .backends import available_backends, get_backend, infer_backend
+from .errors import BackendError
+from .plan import DISTRIBUTIONS, METHODS, Plan, make_plan
+from .spec import Bilaplacian, Laplacian, Operator, WeightedLaplacian
+
+__all__ = [
+    "laplacian",
+    "weighted_laplacian",
+    "bilaplacian",
+    "apply",
+    "compile",
+    "plan",
+    "available_backends",
+    "Compiled",
+]
+
+
+def laplacian(f: Callable, x, **kwargs):
+    """``Δf(x) = Σ_i ∂_i² f(x)`` at ``x`` of shape (D,) or (N, D). See :func:`apply` for the keywords."""
+    return apply(Laplacian(), f, x, **kwargs)
+
+
+def weighted_laplacian(f: Callable, x, coefficients=None, *, factor=None, **kwargs):
+    """``tr(C ∇²f)`` for symmetric ``C`` (``coefficients``), or ``C = σσᵀ`` given ``factor=σ``."""
+    return apply(WeightedLaplacian(coefficients, factor=factor), f, x, **kwargs)
+
+
+def bilaplacian(f: Callable, x, **kwargs):
+    """``Δ²f = Σ_{i,j} ∂_i²∂_j² f``. Randomised estimates use Gaussian directions (weight 1/(3S))."""
+    return apply(Bilaplacian(), f, x, **kwargs)
+
+
+def plan(
+    op: Operator,
+    dim: int,
+    *,
+    samples: int | None = None,
+    distribution: str | None = None,
+    seed: int | None = None,
+) -> Plan:
+    """The printable plan (jet groups, directions, weights, cost) for ``op`` at input dimension ``dim``."""
+    return make_plan(op, dim, samples=samples, distribution=_distribution(op, distribution, samples), seed=seed)
+
+
+def apply(
+    op: Operator,
+    f: Callable,
+    x,
+    *,
+    backend: str | None = None,
+    method: str = "collapsed",
+    samples: int | None = None,
+    distribution: str | None = None,
+    seed=None,
+    return_grad: bool = False,
+):
+    """Evaluate the operator ``op`` on ``f`` at ``x``.
+
+    ``f`` maps one point of shape (D,) to an array; ``x`` is (D,) or a batch (N, D) with per-point
+    semantics, and the result has f's output shape (``N`` in front for a batch). ``method`` is
+    ``"collapsed"`` (default), ``"standard"`` or ``"nested"`` (the framework's own AD). ``samples=S`` gives
+    the randomised estimate over S ``distribution`` directions ("rademacher" or "gaussian", Gaussian by
+    default for order 4), reproducible from ``seed``. ``return_grad=True`` returns ``(value, gradient,
+    result)``.
+    """
+    name, module = _backend(backend, x, op)
+    _check_method(method)
+    X = _check_x(x)
+    seed = _seed(module, seed)
+    p = make_plan(op, X.shape[-1], samples=samples, distribution=_distribution(op, distribution, samples), seed=seed)
+    value, result, grad = module.run(p, f, x, method=method, return_grad=return_grad)
+    return (value, grad, result) if return_grad else result
+
+
+class Compiled:
+    """``mj.compile``'s result: the plan and backend chosen once; call it on points like ``x_example``."""
+
+    def __init__(self, op: Operator, f: Callable, backend: str, module, method: str, p: Plan, return_grad: bool, x_example):
+        self.op, self.f, self.backend, self.method, self.plan, self.return_grad = op, f, backend, method, p, return_grad
+        self._module = module
+        builder = getattr(module, "compile", None)
+        self._fn = (
+            builder(p, f, x_example, method=method, return_grad=return_grad)
+            if builder is not None
+            else (lambda x: module.run(p, f, x, method=method, return_grad=return_grad))
+        )
+
+    def __call__(self, x):
+        X = _check_x(x)
+        if X.shape[-1] != self.plan.dim:
+            raise ValueError(f"compiled for D={self.plan.dim}, got x of shape {tuple(X.shape)}")
+        value, result, grad = self._fn(x)
+        return (value, grad, result) if self.return_grad else result
+
+    def __repr__(self) -> str:
+        return f"multijet.Compiled(backend={self.backend!r}, method={self.method!r})\n{self.plan}"
+
+
+def compile(
+    op: Operator,
+    f: Callable,
+    x_example,
+    *,
+    backend: str | None = None,
+    method: str = "collapsed",
+    samples: int | None = None,
+    distribution: str | None = None,
+    seed=None,
+    return_grad: bool = False,
+) -> Compiled:
+    """Plan (and, where the backend can, trace) once; returns a callable ``x -> P f(x)`` for training loops.
+
+    A randomised compiled operator keeps its directions fixed (drawn once from ``seed``).
+    """
+    name, module = _backend(backend, x_example, op)
+    _check_method(method)
+    X = _check_x(x_example)
+    seed = _seed(module, seed)
+    p = make_plan(op, X.shape[-1], samples=samples, distribution=_distribution(op, distribution, samples), seed=seed)
+    return Compiled(op, f, name, module, method, p, return_grad, x_example)
+
+
+# --- validation -----------------------------------------------------------------------------------------------
+
+
+def _backend(backend: str | None, x, op) -> tuple[str, Any]:
+    if not isinstance(op, Operator):
+        raise TypeError(f"expected an operator spec such as mj.Laplacian(), got {type(op).__name__}")
+    if backend is None:
+        backend = infer_backend(x)
+    elif backend == "auto":
+        backend = infer_backend(x)
+    if not isinstance(backend, str):
+        raise BackendError(f"backend must be a string, got {type(backend).__name__}; installed: {available_backends()}")
+    return backend, get_backend(backend)
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+def _check_x(x):
+    shape = getattr(x, "shape", None)
+    if shape is None:
+        x = np.asarray(x)
+        shape = x.shape
+    if len(shape) not in (1, 2) or shape[-1] < 1:
+        raise ValueError(f"x must have shape (D,) or (N, D) with D >= 1, got shape {tuple(shape)}")
+    dtype = str(getattr(x, "dtype", ""))
+    if "float" not in dtype:
+        raise TypeError(f"x must be a floating-point array (float32 or float64), got dtype {dtype or type(x).__name__}")
+    return x
+
+
+def _distribution(op: Operator, distribution: str | None, samples) -> str:
+    if distribution is None:
+        return "gaussian" if samples is not None and op.order >= 3 else "rademacher"
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {distribution!r}; expected one of {DISTRIBUTIONS}")
+    return distribution
+
+
+def _seed(module, seed):
+    if seed is None or isinstance(seed, int | np.integer):
+        return None if seed is None else int(seed)
+    if isinstance(seed, np.random.Generator):
+        return int(seed.integers(2**62))
+    convert = getattr(module, "seed_from", None)
+    if convert is not None:
+        return convert(seed)
+    raise TypeError(f"seed must be an int, a numpy Generator or None, got {type(seed).__name__}")
