@@ -186,9 +186,13 @@ def _times(a, b):
 
 
 def top_sum(jet: Coeffs, ctx: JetContext) -> Array | None:
-    """``Σ_r w_r f_K(v_r)`` from an output jet: ``S_K`` collapsed, the weighted sum of ``x_K`` standard."""
+    """``Σ_r w_r f_K(v_r)`` from an output jet: ``S_K`` collapsed, the weighted sum of ``x_K`` standard.
+
+    An order-0 group has one (zero) direction and gives ``w · f``."""
     top = jet[ctx.order]
-    if top is None or ctx.collapsed or ctx.order == 0:
+    if ctx.order == 0:  # a value group (R = 1, direction 0): w · f
+        return ctx.wsum(top)
+    if top is None or ctx.collapsed:
         return top
     return ctx.wsum(top)
 
