@@ -34,7 +34,8 @@ def fd_hessian(fn, x: np.ndarray, h: float = 1e-3) -> np.ndarray:
     E = np.eye(D)
     for i in range(D):
         for j in range(i, D):
-            def g(a, b):
+
+            def g(a, b, i=i, j=j):
                 return fn(x + a * h * E[i] + b * h * E[j])
 
             if i == j:
@@ -63,7 +64,8 @@ def taylor_fit(fn, x: np.ndarray, degree: int = 8, radius: float = 0.15, seed: i
     A = np.stack([np.prod(U ** np.array(a), axis=1) for a in alphas], axis=1)
     y = np.array([fn(x + radius * u) for u in U])
     coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-    return {a: c * math.prod(math.factorial(k) for k in a) / radius ** sum(a) for a, c in zip(alphas, coef)}
+    scale = [math.prod(math.factorial(k) for k in a) / radius ** sum(a) for a in alphas]
+    return {a: c * s for a, c, s in zip(alphas, coef, scale, strict=True)}
 
 
 def _multi(D, k):

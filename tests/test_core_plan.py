@@ -35,7 +35,7 @@ def _operator_on_exponential(coefficients: dict, y: np.ndarray) -> float:
 @pytest.mark.parametrize("dim", [1, 2, 3, 5])
 @pytest.mark.parametrize("orders", [(2,), (3,), (4,), (0, 1, 2), (1, 3, 4), (2, 4)])
 def test_plan_reproduces_random_operators(dim, orders, rng):
-    for trial in range(3):
+    for _ in range(3):
         op = _random_operator(rng, dim, orders, n_terms=6)
         plan = make_plan(op, dim)
         for _ in range(5):

@@ -84,7 +84,9 @@ def apply(
 class Compiled:
     """``mj.compile``'s result: the plan and backend chosen once; call it on points like ``x_example``."""
 
-    def __init__(self, op: Operator, f: Callable, backend: str, module, method: str, p: Plan, return_grad: bool, x_example):
+    def __init__(
+        self, op: Operator, f: Callable, backend: str, module, method: str, p: Plan, return_grad: bool, x_example
+    ):
         self.op, self.f, self.backend, self.method, self.plan, self.return_grad = op, f, backend, method, p, return_grad
         self._module = module
         builder = getattr(module, "compile", None)

@@ -39,6 +39,7 @@ def derivatives(name: str, xp, x0, y0, K: int, **params) -> list:
 
 def _poly_derivs(q: list[float], K: int) -> list[list[float]]:
     """Coefficient lists (lowest first) of ``P_1 … P_K`` for ``g' = Q(g)`` with ``P_1 = Q``."""
+
     def deriv(p):
         return [i * c for i, c in enumerate(p)][1:] or [0.0]
 

@@ -85,9 +85,7 @@ class Plan:
 
     def __str__(self) -> str:
         kind = (
-            f"randomised, {self.samples} {self.distribution} samples, seed={self.seed}"
-            if self.randomized
-            else "exact"
+            f"randomised, {self.samples} {self.distribution} samples, seed={self.seed}" if self.randomized else "exact"
         )
         lines = [f"Plan for {self.operator!r} at D={self.dim} ({kind})"]
         for i, g in enumerate(self.groups, 1):
@@ -100,7 +98,9 @@ class Plan:
             wtxt = f"weights {w[0]:.6g}" if w.size == 1 else f"weights in [{w.min():.6g}, {w.max():.6g}]"
             lines.append(f"  group {i}: order K={g.order}, R={g.size}, {g.label}; {dirs}; {wtxt}")
         c, s = self.arrays("collapsed"), self.arrays("standard")
-        lines.append(f"  arrays per node: collapsed {c}, standard {s}; estimated cost ratio collapsed/standard {c / s:.2f}")
+        lines.append(
+            f"  arrays per node: collapsed {c}, standard {s}; estimated cost ratio collapsed/standard {c / s:.2f}"
+        )
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
 
@@ -212,9 +212,7 @@ def _matrix(atoms, dim) -> np.ndarray:
 
 def _plan_order2(atoms, dim, samples, distribution, rng) -> list[JetGroup]:
     only_laplacians = all(isinstance(a, Laplacian) for _, a in atoms)
-    single_factor = (
-        len(atoms) == 1 and isinstance(atoms[0][1], WeightedLaplacian) and atoms[0][1].factor is not None
-    )
+    single_factor = len(atoms) == 1 and isinstance(atoms[0][1], WeightedLaplacian) and atoms[0][1].factor is not None
     if samples is None:
         if single_factor and atoms[0][0] > 0:
             c, atom = atoms[0]
@@ -384,7 +382,7 @@ def _verify(plan: Plan, op: Operator) -> None:
         for _ in range(4):
             y = rng.uniform(-1.0, 1.0, plan.dim)
             lhs = sum(float(np.dot(g.weights, (g.directions @ y) ** g.order)) for g in plan.groups)
-            rhs = float(np.dot(cs, np.prod(y ** alphas, axis=1))) if len(cs) else 0.0
+            rhs = float(np.dot(cs, np.prod(y**alphas, axis=1))) if len(cs) else 0.0
             err = max(err, abs(lhs - rhs))
         scale *= max(1.0, len(want))
     if err > 1e-9 * scale:

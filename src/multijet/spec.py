@@ -198,7 +198,9 @@ class LinearOperator(Operator):
             a = tuple(int(k) for k in a)
             terms[a] = terms.get(a, 0.0) + float(c)
         if len(lengths) != 1:
-            raise ValueError(f"all multi-indices must have the same length (the dimension D), got lengths {sorted(lengths)}")
+            raise ValueError(
+                f"all multi-indices must have the same length (the dimension D), got lengths {sorted(lengths)}"
+            )
         self.dim = lengths.pop()
         self.terms = {a: c for a, c in sorted(terms.items()) if c != 0.0}
         self.order = max((sum(a) for a in self.terms), default=0)

@@ -49,7 +49,7 @@ class JetContext:
 # --- combinatorics ---------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fdb_partitions(k: int) -> tuple[tuple[int, tuple[tuple[int, tuple[int, ...]], ...]], ...]:
     """Faà di Bruno terms of ``y_k``, grouped by the number of blocks ``m``.
 

@@ -502,7 +502,11 @@ class _Namespace:
         for a in ax:
             if x.shape[a - 2] != 1:
                 raise ValueError(f"cannot squeeze axis {a - 2} of size {x.shape[a - 2]}")
-        return self._map(x, lambda c: c.reshape(c.shape[:2] + tuple(s for i, s in enumerate(c.shape) if i >= 2 and i not in ax)))
+
+        def drop(c):
+            return c.reshape(c.shape[:2] + tuple(s for i, s in enumerate(c.shape) if i >= 2 and i not in ax))
+
+        return self._map(x, drop)
 
     def flip(self, x, axis=None):
         ax = _axes(axis, x.ndim)
@@ -663,7 +667,6 @@ class _Namespace:
                 out = out[..., 0, :] if not vb else out[..., 0]
             return out
 
-        K = tr.ctx.order
         if not _is_tracer(b):
             B = np.asarray(b).reshape((1, 1) + sb)
             return Tracer(taylor.linear(a._jet, lambda c: mm(c, B)), new, tr)
