@@ -14,6 +14,20 @@ from .spec import Bilaplacian, Laplacian, LinearOperator, Operator, SumOperator,
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """``compare`` and ``autotune`` load on first use (they import timing and reporting code)."""
+    if name == "compare":
+        from .compare import compare
+
+        return compare
+    if name == "autotune":
+        from .autotune import autotune
+
+        return autotune
+    raise AttributeError(f"module 'multijet' has no attribute {name!r}")
+
+
 __all__ = [
     "laplacian",
     "weighted_laplacian",
@@ -22,6 +36,8 @@ __all__ = [
     "compile",
     "plan",
     "available_backends",
+    "compare",
+    "autotune",
     "Compiled",
     "Plan",
     "JetGroup",

@@ -72,12 +72,15 @@ def apply(
     default for order 4), reproducible from ``seed``. ``return_grad=True`` returns ``(value, gradient,
     result)``.
     """
-    name, module = _backend(backend, x, op)
+    name, module = _backend(backend, x, op, f)
     _check_method(method)
     X = _check_x(x)
     seed = _seed(module, seed)
     p = make_plan(op, X.shape[-1], samples=samples, distribution=_distribution(op, distribution, samples), seed=seed)
-    value, result, grad = module.run(p, f, x, method=method, return_grad=return_grad)
+    xin, back = _to_backend(x, name)
+    value, result, grad = module.run(p, f, xin, method=method, return_grad=return_grad)
+    if back is not None:
+        value, result, grad = back(value), back(result), None if grad is None else back(grad)
     return (value, grad, result) if return_grad else result
 
 
@@ -89,6 +92,9 @@ class Compiled:
     ):
         self.op, self.f, self.backend, self.method, self.plan, self.return_grad = op, f, backend, method, p, return_grad
         self._module = module
+        self._convert = infer_backend(x_example) != backend
+        if self._convert:
+            x_example = _to_backend(x_example, backend)[0]
         builder = getattr(module, "compile", None)
         self._fn = (
             builder(p, f, x_example, method=method, return_grad=return_grad)
@@ -100,7 +106,12 @@ class Compiled:
         X = _check_x(x)
         if X.shape[-1] != self.plan.dim:
             raise ValueError(f"compiled for D={self.plan.dim}, got x of shape {tuple(X.shape)}")
+        back = None
+        if self._convert:
+            x, back = _to_backend(x, self.backend)
         value, result, grad = self._fn(x)
+        if back is not None:
+            value, result, grad = back(value), back(result), None if grad is None else back(grad)
         return (value, grad, result) if self.return_grad else result
 
     def __repr__(self) -> str:
@@ -123,7 +134,7 @@ def compile(
 
     A randomised compiled operator keeps its directions fixed (drawn once from ``seed``).
     """
-    name, module = _backend(backend, x_example, op)
+    name, module = _backend(backend, x_example, op, f)
     _check_method(method)
     X = _check_x(x_example)
     seed = _seed(module, seed)
@@ -131,16 +142,51 @@ def compile(
     return Compiled(op, f, name, module, method, p, return_grad, x_example)
 
 
+def _to_backend(x, name: str):
+    """Convert NumPy input for another backend (array-API programs run anywhere); results come back as NumPy.
+
+    Returns ``(x for the backend, converter of results or None)``.
+    """
+    source = infer_backend(x)
+    if source == name:
+        return x, None
+    if source != "numpy":
+        raise BackendError(
+            f"x is a {source} array but backend={name!r} was asked for; pass a NumPy array to move between "
+            f"frameworks, or use backend={source!r}"
+        )
+    arr = np.asarray(x)
+    if name == "torch":
+        import torch
+
+        return torch.as_tensor(arr), lambda r: r.detach().cpu().numpy()
+    if name == "jax":
+        import jax.numpy as jnp
+
+        if arr.dtype == np.float64:
+            import jax
+
+            if not jax.config.jax_enable_x64:
+                raise BackendError(
+                    "x is float64 but JAX runs in float32 unless x64 is enabled: call "
+                    "jax.config.update('jax_enable_x64', True) first, or pass float32"
+                )
+        return jnp.asarray(arr), lambda r: np.asarray(r)
+    return x, None
+
+
 # --- validation -----------------------------------------------------------------------------------------------
 
 
-def _backend(backend: str | None, x, op) -> tuple[str, Any]:
+def _backend(backend: str | None, x, op, f=None) -> tuple[str, Any]:
     if not isinstance(op, Operator):
         raise TypeError(f"expected an operator spec such as mj.Laplacian(), got {type(op).__name__}")
     if backend is None:
         backend = infer_backend(x)
     elif backend == "auto":
-        backend = infer_backend(x)
+        from .autotune import auto_backend
+
+        backend = auto_backend(op, f, x)
     if not isinstance(backend, str):
         raise BackendError(f"backend must be a string, got {type(backend).__name__}; installed: {available_backends()}")
     return backend, get_backend(backend)
