@@ -114,3 +114,17 @@ SCALAR_PROGRAMS = {
 }
 
 POINTS = np.array([[0.3, -0.4, 0.5], [-0.6, 0.2, 0.9]])
+
+
+def linalg_sort(x):
+    """Linear algebra (slogdet, solve, det), sorting and atan2: beyond elementwise and matmul."""
+    xp = array_namespace(x)
+    A = xp.reshape(xp.concat([x, x[:1] * x[1]]), (2, 2)) + 2.0 * xp.eye(2, dtype=x.dtype)
+    _, logabs = xp.linalg.slogdet(A)
+    b = xp.linalg.solve(A, x[1:])
+    weights = xp.asarray([1.0, 2.0, 3.0], dtype=x.dtype)
+    return logabs + xp.sum(b * b) + xp.linalg.det(A) + xp.sum(xp.sort(xp.sin(x)) * weights) + xp.atan2(x[0], x[2] - 2)
+
+
+#: programs beyond the core set (linear algebra, sorting), for backends that claim them
+EXTRA_PROGRAMS = {"linalg_sort": linalg_sort}

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import apply_coefficients, fd_hessian, taylor_fit
-from programs import POINTS, SCALAR_PROGRAMS, vector_output
+from programs import EXTRA_PROGRAMS, POINTS, SCALAR_PROGRAMS, vector_output
 
 import multijet as mj
 
@@ -17,20 +17,23 @@ C_INDEF = np.array([[1.0, 0.4, -0.3], [0.4, -0.5, 0.2], [-0.3, 0.2, 2.0]])
 SIGMA = np.array([[1.0, 0.3], [-0.2, 0.8], [0.5, 0.0]])
 
 
+ALL_PROGRAMS = {**SCALAR_PROGRAMS, **EXTRA_PROGRAMS}
+
+
 @pytest.fixture(scope="module")
 def fits():
     """Derivatives up to order 4 of every program at every point, from local polynomial fits."""
     return {
-        (name, i): taylor_fit(lambda z, f=f: float(f(z)), POINTS[i], degree=8, radius=0.12)
-        for name, f in SCALAR_PROGRAMS.items()
+        (name, i): taylor_fit(lambda z, f=f: float(f(z)), POINTS[i], degree=8, radius=0.1)
+        for name, f in ALL_PROGRAMS.items()
         for i in range(len(POINTS))
     }
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("name", sorted(SCALAR_PROGRAMS))
+@pytest.mark.parametrize("name", sorted(ALL_PROGRAMS))
 def test_second_order_operators_against_finite_differences(name, method):
-    f = SCALAR_PROGRAMS[name]
+    f = ALL_PROGRAMS[name]
     H = np.stack([fd_hessian(lambda z: float(f(z)), p) for p in POINTS])
     lap = mj.laplacian(f, POINTS, method=method)
     assert isinstance(lap, np.ndarray) and lap.shape == (2,) and lap.dtype == np.float64
@@ -54,10 +57,10 @@ OPERATORS = {
 
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("opname", sorted(OPERATORS))
-@pytest.mark.parametrize("name", sorted(SCALAR_PROGRAMS))
+@pytest.mark.parametrize("name", sorted(ALL_PROGRAMS))
 def test_higher_order_operators_against_polynomial_fit(name, opname, method, fits):
     op = OPERATORS[opname]
-    got = mj.apply(op, SCALAR_PROGRAMS[name], POINTS, method=method)
+    got = mj.apply(op, ALL_PROGRAMS[name], POINTS, method=method)
     want = [apply_coefficients(fits[(name, i)], op.coefficients(3)) for i in range(len(POINTS))]
     scale = 1 + max(abs(v) for v in want)
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * scale)

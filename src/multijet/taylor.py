@@ -206,3 +206,55 @@ def seed(x0: Array, directions: Array, ctx: JetContext, top_direction: Array | N
     elif K >= 1:
         jet[1] = directions
     return jet
+
+
+def inverse(a: Coeffs, y0: Array, ctx: JetContext, mul: Callable[[Array, Array], Array]) -> Coeffs:
+    """Matrix inverse ``Y = A⁻¹`` from ``A Y = I`` and Leibniz: ``Y_k = −Y_0 Σ_{j=1..k} C(k, j) A_j Y_{k−j}``.
+
+    ``y0 = A_0⁻¹`` is computed natively by the executor; ``mul`` is the (batched) matmul. Collapsed, the top
+    ``S_K(Y) = −Y_0 [S_K(A) Y_0 + Σ_r w_r Σ_{0<j<K} C(K, j) (A_j Y_{K−j})^{(r)}]``.
+    """
+    K = ctx.order
+    out: Coeffs = [y0] + [None] * K
+    for k in range(1, K + 1):
+        top = ctx.collapsed and k == K
+        total, mixed = None, None
+        for j in range(1, k + 1):
+            aj, yk = a[j], out[k - j]
+            if aj is None or yk is None:
+                continue
+            term = _mul_const(math.comb(k, j), mul(aj, yk))
+            if top and j < k:
+                mixed = _add(mixed, term)
+            else:
+                total = _add(total, term)
+        if mixed is not None:
+            total = _add(total, ctx.wsum(mixed))
+        out[k] = None if total is None else -mul(y0, total)
+    return out
+
+
+def logdet(a: Coeffs, inv: Coeffs, l0: Array, ctx: JetContext, trace_of_product: Callable) -> Coeffs:
+    """``L = log|det A|`` from ``L' = tr(A⁻¹ A')``: ``L_k = Σ_{j=0..k−1} C(k−1, j) tr(Y_j A_{k−j})``.
+
+    ``inv`` is the jet of ``Y = A⁻¹`` (from :func:`inverse`, one order lower suffices) and
+    ``trace_of_product(Y, A) = tr(Y A)``. Collapsed, only the ``j = 0`` term holds the top ``S_K(A)``.
+    """
+    K = ctx.order
+    out: Coeffs = [l0] + [None] * K
+    for k in range(1, K + 1):
+        top = ctx.collapsed and k == K
+        total, mixed = None, None
+        for j in range(k):
+            yj, ak = inv[j], a[k - j]
+            if yj is None or ak is None:
+                continue
+            term = _mul_const(math.comb(k - 1, j), trace_of_product(yj, ak))
+            if top and j > 0:
+                mixed = _add(mixed, term)
+            else:
+                total = _add(total, term)
+        if mixed is not None:
+            total = _add(total, ctx.wsum(mixed))
+        out[k] = total
+    return out

@@ -274,6 +274,7 @@ class Tracer:
 
 _UFUNCS = {
     "true_divide": "divide",
+    "arctan2": "atan2",
     "power": "pow",
     "absolute": "abs",
     "arcsin": "asin",
@@ -291,6 +292,7 @@ _FUNCTIONS = {
     "amax": "max",
     "amin": "min",
     "dot": "matmul",
+    "arctan2": "atan2",
     "swapaxes": "_swapaxes",
     "moveaxis": "moveaxis",
 }
@@ -863,6 +865,23 @@ class _Namespace:
 
         return self._map(x, pick)
 
+    def sort(self, x, axis=-1, descending=False, stable=True):
+        """Sorting permutes entries by the primal values; the permutation is applied to every coefficient."""
+        if not _is_tracer(x):
+            out = np.sort(x, axis=axis)
+            return np.flip(out, axis=axis) if descending else out
+        ax = _axes(axis, x.ndim)[0]
+        idx = np.argsort(-x._jet[0] if descending else x._jet[0], axis=ax, kind="stable")
+        return self._map(x, lambda c: np.take_along_axis(c, idx, axis=ax))
+
+    def atan2(self, a, b):
+        """``atan2(a, b)`` has the derivatives of ``atan(a / b)`` (they differ by a locally constant multiple of π)."""
+        if not (_is_tracer(a) or _is_tracer(b)):
+            return np.arctan2(a, b)
+        jet = self.atan(self.divide(a, b))
+        value = np.arctan2(*[_align(t._jet[0], jet.ndim) if _is_tracer(t) else _lift(t, jet.ndim) for t in (a, b)])
+        return Tracer([np.broadcast_to(value, jet._jet[0].shape)] + jet._jet[1:], jet.shape, jet._trace)
+
     def max(self, x, axis=None, keepdims=False):
         return self._select_reduce(x, axis, keepdims, np.argmax)
 
@@ -941,6 +960,39 @@ class _Linalg:
     def matrix_transpose(self, x):
         return _NS.matrix_transpose(x)
 
+    def inv(self, x):
+        if not _is_tracer(x):
+            return np.linalg.inv(x)
+        ctx = x._trace.ctx
+        return Tracer(taylor.inverse(x._jet, np.linalg.inv(x._jet[0]), ctx, np.matmul), x.shape, x._trace)
+
+    def solve(self, x1, x2):
+        if not _is_tracer(x1):
+            if not _is_tracer(x2):
+                return np.linalg.solve(x1, x2)
+            return _NS.matmul(np.linalg.inv(x1), x2)
+        return _NS.matmul(self.inv(x1), x2)
+
+    def slogdet(self, x):
+        if not _is_tracer(x):
+            return np.linalg.slogdet(x)
+        ctx, a = x._trace.ctx, x._jet
+        sign, l0 = np.linalg.slogdet(a[0])
+        inv = taylor.inverse(a[: ctx.order] + [None], np.linalg.inv(a[0]), ctx, np.matmul)
+
+        def trace_of_product(y, b):
+            return np.einsum("...ij,...ji->...", y, b)
+
+        jet = taylor.logdet(a, inv, l0, ctx, trace_of_product)
+        shape = x.shape[:-2]
+        return _SlogdetResult(_NS._const_tracer(sign, shape, x._trace), Tracer(jet, shape, x._trace))
+
+    def det(self, x):
+        if not _is_tracer(x):
+            return np.linalg.det(x)
+        sign, logabs = self.slogdet(x)
+        return _NS.multiply(sign, _NS.exp(logabs))
+
     def __getattr__(self, name):
         def unsupported(*args, **kwargs):
             if any(_is_tracer(a) for a in args):
@@ -948,6 +1000,21 @@ class _Linalg:
             return getattr(np.linalg, name)(*args, **kwargs)
 
         return unsupported
+
+
+class _SlogdetResult(tuple):
+    """``(sign, logabsdet)`` with attribute access, as the array API's ``slogdet`` returns."""
+
+    def __new__(cls, sign, logabsdet):
+        return super().__new__(cls, (sign, logabsdet))
+
+    @property
+    def sign(self):
+        return self[0]
+
+    @property
+    def logabsdet(self):
+        return self[1]
 
 
 _Namespace.linalg = _Linalg()
