@@ -197,3 +197,43 @@ def test_every_candidate_direction_set_is_unisolvent():
 def _all(n, K):
     for combo in itertools.combinations_with_replacement(range(n), K):
         yield tuple(combo.count(i) for i in range(n))
+
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover - hypothesis is in the test extra
+    given = None
+
+if given is not None:
+
+    @st.composite
+    def _operators(draw):
+        dim = draw(st.integers(1, 5))
+        order = st.integers(0, 4)
+        alphas = draw(
+            st.lists(
+                order.flatmap(lambda K: st.lists(st.integers(0, dim - 1), min_size=K, max_size=K)),
+                min_size=1,
+                max_size=6,
+            )
+        )
+        coeffs = draw(
+            st.lists(
+                st.floats(-3, 3, allow_nan=False).filter(lambda c: abs(c) > 1e-3),
+                min_size=len(alphas),
+                max_size=len(alphas),
+            )
+        )
+        terms = {tuple(idx.count(i) for i in range(dim)): c for idx, c in zip(alphas, coeffs, strict=True)}
+        return dim, mj.LinearOperator(terms)
+
+    @settings(max_examples=60, deadline=None)
+    @given(_operators(), st.integers(0, 2**31 - 1))
+    def test_plan_exact_property(case, seed):
+        """Property: for any operator up to order 4 in up to 5 variables, the plan reproduces P e^{y·x}."""
+        dim, op = case
+        plan = make_plan(op, dim)
+        y = np.random.default_rng(seed).uniform(-1.5, 1.5, dim)
+        want = _operator_on_exponential(op.coefficients(dim), y)
+        assert _apply_to_exponential(plan, y) == pytest.approx(want, rel=1e-8, abs=1e-8)
