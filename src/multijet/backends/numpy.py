@@ -1051,6 +1051,8 @@ def run_group(f: Callable, X: np.ndarray, group: JetGroup, method: str) -> Group
     x0 = X[:, None, :]
     jet = taylor.seed(x0, V, ctx)
     out = f(Tracer(jet, (D,), trace))
+    if isinstance(out, list | tuple) and any(_is_tracer(o) for o in out):
+        out = _NS.stack(out)
     if not _is_tracer(out):
         val = np.asarray(out, dtype=dtype)
         val = np.broadcast_to(val, (N,) + val.shape)
