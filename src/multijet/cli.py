@@ -1,0 +1,402 @@
+"""The ``multijet`` command line: ``info``, ``bench``, ``compare`` and ``autotune``.
+
+    multijet info                      versions, backends, devices, cache location
+    multijet bench --operator laplacian --dim 50 --batch-sizes 1,2,4,8 --out results/
+    multijet bench --operator bilaplacian --dim 5 --samples 1,2,4,8 --batch 4
+    multijet compare --operator bilaplacian --dim 3
+    multijet autotune --operator laplacian --dim 50 --batch 16
+
+Bad arguments print the usage and exit with code 2; a failed comparison exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from ._bench import OPERATORS, PAPER_WIDTHS
+from .errors import MultijetError
+from .plan import DISTRIBUTIONS, METHODS
+
+__all__ = ["main", "build_parser"]
+
+
+# --- output: rich when installed, plain text otherwise ---------------------------------------------------------
+
+
+def _console():
+    try:
+        from rich.console import Console
+
+        return Console()
+    except ImportError:
+        return None
+
+
+def _print(obj: Any) -> None:
+    console = _console()
+    if console is not None:
+        console.print(obj)
+    else:
+        print(obj)
+
+
+def _table(title: str, head: list[str], rows: list[list[str]]) -> Any:
+    try:
+        from rich.table import Table
+    except ImportError:
+        from .compare import _plain_table
+
+        return f"{title}\n\n{_plain_table(head, rows)}"
+    t = Table(*head, title=title, title_justify="left")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+class _Progress:
+    """A rich progress bar, or one plain line per step."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self._bar = None
+        self._task = None
+
+    def __enter__(self) -> _Progress:
+        try:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        except ImportError:
+            return self
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[step]}"),
+        )  # fmt: skip
+        self._bar.__enter__()
+        self._task = self._bar.add_task(self.description, total=None, step="")
+        return self
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total, step=what)
+        else:
+            print(f"[{done}/{total}] {what}", flush=True)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+# --- argument types --------------------------------------------------------------------------------------------
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(t) for t in text.replace(" ", ",").split(",") if t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,4, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _name_list(choices: Sequence[str], what: str) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(t.strip() for t in text.split(",") if t.strip())
+        bad = [n for n in names if n not in choices]
+        if not names or bad:
+            raise argparse.ArgumentTypeError(f"unknown {what} {bad or text!r}; choose from {', '.join(choices)}")
+        return names
+
+    return parse
+
+
+def _backends_arg(text: str) -> tuple[str, ...]:
+    from .backends import BACKENDS, available_backends
+
+    names = _name_list(tuple(BACKENDS), "backend")(text)
+    missing = [n for n in names if n not in available_backends()]
+    if missing:
+        raise argparse.ArgumentTypeError(f"backend(s) {missing} not installed here; installed: {available_backends()}")
+    return names
+
+
+# --- the parser ------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="multijet",
+        description="Linear PDE operators of programs with collapsed Taylor-mode AD: tools around the library.",
+    )
+    p.add_argument("--version", action="version", version=f"multijet {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    sub = p.add_subparsers(dest="command", metavar="{info,bench,compare,autotune}")
+    sub.required = True
+
+    info = sub.add_parser("info", help="versions, backends, devices and the autotune cache location")
+    info.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    def common(q: argparse.ArgumentParser, dim: int, dtype: str) -> None:
+        q.add_argument("--operator", choices=OPERATORS, default="laplacian", help="(default: %(default)s)")
+        q.add_argument("--dim", type=_positive_int, default=dim, help="input dimension D (default: %(default)s)")
+        q.add_argument("--backends", type=_backends_arg, default=None,
+                       help="comma-separated, e.g. torch,jax (default: every installed backend)")  # fmt: skip
+        q.add_argument("--methods", type=_name_list(METHODS, "method"), default=None,
+                       help=f"comma-separated among {','.join(METHODS)} (default: all each backend has)")  # fmt: skip
+        q.add_argument("--dtype", choices=("float32", "float64"), default=dtype, help="(default: %(default)s)")
+        q.add_argument("--distribution", choices=DISTRIBUTIONS, default=None,
+                       help="for randomised runs (default: rademacher; gaussian for the bi-Laplacian)")  # fmt: skip
+        q.add_argument("--seed", type=int, default=0)
+
+    bench = sub.add_parser(
+        "bench",
+        help="time and peak memory against batch size (or samples), with fitted slopes: JSON + PNG",
+        description="The paper's experiment (Fig. 5 / Table 1): a tanh MLP D→widths→1, an operator, each backend "
+        "× method, swept over batch sizes (exact) or sample counts (randomised, at a fixed batch).",
+    )
+    common(bench, 50, "float32")
+    bench.add_argument("--widths", type=_int_list, default=PAPER_WIDTHS,
+                       help="hidden widths (default: 768,768,512,512, the paper's)")  # fmt: skip
+    sizes = bench.add_mutually_exclusive_group()
+    sizes.add_argument("--batch-sizes", type=_int_list, default=None, help="exact, at these N (default: 1,2,4,8)")
+    sizes.add_argument("--samples", type=_int_list, default=None, help="randomised operator at these sample counts S")
+    bench.add_argument("--batch", type=_positive_int, default=1, help="fixed batch size with --samples (default 1)")
+    bench.add_argument("--repeats", type=_positive_int, default=20, help="timed rounds (default: %(default)s)")
+    bench.add_argument("--warmup", type=_positive_int, default=2, help="warm-up calls (default: %(default)s)")
+    bench.add_argument("--budget", type=float, default=30.0, help="seconds of timing per size (default: %(default)s)")
+    bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    bench.add_argument("--no-differentiable", action="store_true", help="skip the differentiable (torch) memory")
+    bench.add_argument("--jobs", type=_positive_int, default=1, help="memory subprocesses in parallel")
+    bench.add_argument("--out", type=Path, default=Path("multijet-bench"),
+                       help="output directory (default: %(default)s)")
+    bench.add_argument("--name", default=None, help="file stem (default: <operator>[-randomised]-D<dim>)")
+    bench.add_argument("--no-plot", action="store_true", help="write the JSON only")
+
+    cmp_ = sub.add_parser(
+        "compare",
+        help="cross-backend agreement report on a built-in tanh MLP",
+        description="Runs mj.compare on a built-in array-API tanh MLP D→width→width→1: every backend × method, "
+        "every pair's max absolute and relative difference, pass/fail. Exit code 1 if any pair disagrees.",
+    )
+    common(cmp_, 3, "float64")
+    cmp_.add_argument("--batch", type=_positive_int, default=4, help="points N (default: %(default)s)")
+    cmp_.add_argument("--width", type=_positive_int, default=16, help="hidden width (default: %(default)s)")
+    cmp_.add_argument("--samples", type=_positive_int, default=None, help="randomised with S samples (same seed)")
+    cmp_.add_argument("--pairs", action="store_true", help="list every pair instead of the matrix")
+    cmp_.add_argument("--out", type=Path, default=None, help="also write the report as JSON to this file")
+
+    tune = sub.add_parser(
+        "autotune",
+        help="time every backend × method on a built-in tanh MLP and name the fastest (cached)",
+    )
+    common(tune, 50, "float32")
+    tune.add_argument("--widths", type=_int_list, default=PAPER_WIDTHS, help="hidden widths (default: the paper's)")
+    tune.add_argument("--batch", type=_positive_int, default=16, help="points N (default: %(default)s)")
+    tune.add_argument("--samples", type=_positive_int, default=None, help="randomised with S samples")
+    tune.add_argument("--repeats", type=_positive_int, default=15)
+    tune.add_argument("--budget", type=float, default=10.0, help="seconds of timed rounds (default: %(default)s)")
+    tune.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
+    tune.add_argument("--retune", action="store_true", help="measure again and overwrite the cached result")
+    return p
+
+
+# --- commands --------------------------------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from ._bench import machine_info
+    from .autotune import cache_path
+
+    info = machine_info()
+    info["autotune_cache"] = str(cache_path())
+    info["devices"] = _devices(info["backends"])
+    for extra in ("rich", "matplotlib"):
+        from ._bench import _version
+
+        info["versions"][extra] = _version(extra)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    rows = [
+        ["multijet", info["versions"]["multijet"] or __version__],
+        ["python", f"{info['python']} ({info['platform']})"],
+        ["cpu", f"{info['cpu']} ({info['cores']} cores)"],
+    ]
+    rows += [[k, v or "not installed"] for k, v in info["versions"].items() if k not in ("multijet",)]
+    rows.append(["backends", ", ".join(info["backends"]) or "none"])
+    rows += [[f"devices ({k})", ", ".join(v)] for k, v in info["devices"].items()]
+    rows.append(["autotune cache", info["autotune_cache"] + "  (override with $MULTIJET_CACHE_DIR)"])
+    _print(_table("multijet info", ["item", "value"], rows))
+    return 0
+
+
+def _devices(backends: Sequence[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"numpy": ["cpu"]} if "numpy" in backends else {}
+    if "torch" in backends:
+        try:
+            import torch
+
+            devs = [f"cpu ({torch.get_num_threads()} threads)"]
+            if torch.cuda.is_available():
+                devs += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+            out["torch"] = devs
+        except Exception as exc:  # noqa: BLE001 - info must not fail on a broken framework
+            out["torch"] = [f"error: {exc}"]
+    if "jax" in backends:
+        try:
+            import jax
+
+            out["jax"] = [f"{d.platform}:{d.id} {d.device_kind}" for d in jax.devices()]
+        except Exception as exc:  # noqa: BLE001
+            out["jax"] = [f"error: {exc}"]
+    return out
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from ._bench import BenchConfig, plot_bench, run_bench
+
+    randomised = args.samples is not None
+    cfg = BenchConfig(
+        operator=args.operator, dim=args.dim, widths=args.widths,
+        sizes=args.samples if randomised else (args.batch_sizes or (1, 2, 4, 8)),
+        vary="samples" if randomised else "batch", batch=args.batch, distribution=args.distribution,
+        backends=args.backends, methods=args.methods, dtype=args.dtype, warmup=args.warmup, repeats=args.repeats,
+        budget=args.budget, memory=not args.no_memory, differentiable=not args.no_differentiable, jobs=args.jobs,
+        seed=args.seed,
+    )  # fmt: skip
+    if not cfg.candidates():
+        raise ValueError("no backend × method to run: the chosen backends offer none of the chosen methods")
+    stem = args.name or f"{args.operator}{'-randomised' if randomised else ''}-D{args.dim}"
+    with _Progress(f"bench {stem}") as progress:
+        result = run_bench(cfg, progress=progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / f"{stem}.json"
+    json_path.write_text(json.dumps(result, indent=1))
+    written = [json_path]
+    if not args.no_plot:
+        try:
+            written.append(plot_bench(result, args.out / f"{stem}.png"))
+        except ImportError as exc:
+            print(f"multijet: no plot: {exc}", file=sys.stderr)
+    _print(_fits_table(result))
+    for name, err in result["errors"].items():
+        print(f"  could not run {name}: {err.splitlines()[0] if err else ''}", file=sys.stderr)
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _fits_table(result: dict[str, Any]) -> Any:
+    unit = result["config"]["unit"]
+    nested = {f["backend"]: f["time_ms_per_unit"] for f in result["fits"] if f["method"] == "nested"}
+
+    def fmt(v: float | None, p: int = 3) -> str:
+        return "—" if v is None else ("0" if abs(v) < 1e-9 else f"{v:.{p}g}")
+
+    rows = []
+    for f in result["fits"]:
+        ratio = None
+        if nested.get(f["backend"]) and f["time_ms_per_unit"] is not None:
+            ratio = f["time_ms_per_unit"] / nested[f["backend"]]
+        mem = [fmt(f[f"mem_{m}_mib_per_unit"]) for m in ("nondifferentiable", "differentiable")]
+        rows.append([f["backend"], f["method"], fmt(f["time_ms_per_unit"]), fmt(ratio, 2), *mem, fmt(f["time_r2"], 3)])
+    c = result["config"]
+    title = f"{c['operator']} D={c['dim']} {c['dtype']}: fitted cost per {unit} (time: min of repetitions)"
+    head = ["backend", "method", f"ms/{unit}", "× nested", f"MiB/{unit} (no grad)", f"MiB/{unit} (grad)", "R² time"]
+    return _table(title, head, rows)
+
+
+def _demo_network(dim: int, width: int, dtype: str, seed: int):
+    from ._bench import make_program
+
+    return make_program("numpy", dim, (width, width), dtype, seed)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ._bench import make_operator
+    from .compare import compare
+
+    f = _demo_network(args.dim, args.width, args.dtype, args.seed)
+    x = np.random.default_rng(args.seed + 1).standard_normal((args.batch, args.dim)).astype(args.dtype)
+    op = make_operator(args.operator, args.dim, args.seed)
+    report = compare(op, f, x, backends=args.backends, methods=args.methods, dtype=args.dtype, samples=args.samples,
+                     distribution=args.distribution, seed=args.seed)  # fmt: skip
+    if args.pairs:
+        print(report.table(pairs=True))
+    else:
+        _print(report)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report.to_dict(), indent=1))
+        print(f"wrote {args.out}")
+    return 0 if report.passed else 1
+
+
+def cmd_autotune(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ._bench import make_operator, make_program
+    from .autotune import autotune
+
+    f = make_program("numpy", args.dim, args.widths, args.dtype, args.seed)
+    x = np.random.default_rng(args.seed + 1).standard_normal((args.batch, args.dim)).astype(args.dtype)
+    op = make_operator(args.operator, args.dim, args.seed)
+    result = autotune(op, f, x, backends=args.backends, methods=args.methods, samples=args.samples,
+                      distribution=args.distribution, seed=args.seed, repeats=args.repeats, budget=args.budget,
+                      cache=not args.no_cache, retune=args.retune)  # fmt: skip
+    _print(result)
+    return 0 if result.best is not None else 1
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "info": cmd_info,
+    "bench": cmd_bench,
+    "compare": cmd_compare,
+    "autotune": cmd_autotune,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``multijet`` command. Returns the exit code (0 ok, 1 failed check, 2 bad usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)  # exits with code 2 and the usage on bad arguments
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("multijet: interrupted", file=sys.stderr)
+        return 130
+    except (MultijetError, ValueError, TypeError) as exc:
+        if args.debug:
+            raise
+        sub = parser._subparsers._group_actions[0].choices[args.command]  # the subcommand's own usage line
+        sub.print_usage(sys.stderr)
+        print(f"multijet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a message, not a traceback, unless --debug
+        if args.debug:
+            raise
+        print(f"multijet {args.command}: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
