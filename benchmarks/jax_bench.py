@@ -51,7 +51,7 @@ def make_mlp(D: int, dtype, seed: int = 0, dims=DIMS):
     sizes = (D,) + tuple(dims)
     params = [
         (jnp.asarray(r.normal(size=(a, b)) / np.sqrt(a), dtype), jnp.asarray(r.normal(size=b) * 0.1, dtype))
-        for a, b in zip(sizes[:-1], sizes[1:])
+        for a, b in zip(sizes[:-1], sizes[1:], strict=True)
     ]
 
     def f(x):
@@ -125,12 +125,14 @@ def interleaved(fns: dict, X, rounds: int) -> dict:
     times = {k: [] for k in fns}
     names = list(fns)
     for r in range(rounds):
-        order = names[r % len(names):] + names[: r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for k in order:
             t = time.perf_counter()
             jax.block_until_ready(fns[k](X))
             times[k].append(time.perf_counter() - t)
-    return {k: {"min_ms": 1e3 * min(v), "median_ms": 1e3 * statistics.median(v), "rounds": len(v)} for k, v in times.items()}, outs
+    return {
+        k: {"min_ms": 1e3 * min(v), "median_ms": 1e3 * statistics.median(v), "rounds": len(v)} for k, v in times.items()
+    }, outs
 
 
 def check(outs: dict, ref_key: str, rtol: float) -> dict:
@@ -168,15 +170,57 @@ def compile_time_hessian(f, X) -> dict:
     return {"capture_s": 0.0, "trace_and_lower_s": t2 - t1, "xla_compile_s": t3 - t2, "beyond_xla_s": t2 - t1}
 
 
+def coverage() -> dict:
+    """Which of the test suite's constructs each tool differentiates correctly (Laplacian vs jax.hessian)."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    import test_jax_backend as T  # noqa: E402 - the constructs of the unit tests
+    from jax.experimental import jet
+
+    x = T.X0
+    eye = jnp.eye(x.shape[0], dtype=x.dtype)
+
+    def via_jet(f):
+        return jnp.sum(jax.vmap(lambda v: jet.jet(f, (x,), ((v, jnp.zeros_like(v)),))[1][1])(eye), axis=0)
+
+    tools = {"multijet collapsed": lambda f: mj.laplacian(f, x, backend="jax"), "jax.experimental.jet": via_jet}
+    try:
+        import folx
+
+        tools["folx"] = lambda f: folx.forward_laplacian(f, sparsity_threshold=0)(x).laplacian
+    except ImportError:
+        pass
+    out = {t: {} for t in tools}
+    for name, f in T.CONSTRUCTS.items():
+        want = np.asarray(T.lap_oracle(T.ORACLE_FN.get(name, f), x))
+        for t, fn in tools.items():
+            try:
+                got = np.asarray(fn(f))
+                ok = got.shape == want.shape and np.allclose(got, want, rtol=1e-7, atol=1e-7)
+                out[t][name] = "ok" if ok else "wrong"
+            except Exception as e:  # noqa: BLE001 - record any failure
+                out[t][name] = f"error: {type(e).__name__}"
+    return out
+
+
+def _vm_hwm_mb() -> float:
+    """Peak resident set size of this process (VmHWM; unlike ru_maxrss it is not inherited across exec)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_child(method: str, dtype: str, N: int, D: int) -> None:
     f = make_mlp(D, dtype)
     X = points(N, D, dtype)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fns = laplacian_methods(f, X)
     key = next(k for k in fns if k.startswith(method))
-    jax.block_until_ready(fns[key](X))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"method": key, "peak_rss_mb": peak / 1024, "above_baseline_mb": (peak - base) / 1024}))
+    fn = fns[key]
+    compiled = (fn.lower(X) if hasattr(fn, "lower") else fn._fn.lower(X)).compile()  # noqa: SLF001
+    base = _vm_hwm_mb()
+    jax.block_until_ready(compiled(X))
+    peak = _vm_hwm_mb()
+    print(json.dumps({"method": key, "peak_rss_mb": peak, "above_baseline_mb": peak - base}))
 
 
 def memory(dtype: str, N: int, D: int) -> dict:
@@ -208,8 +252,14 @@ def machine() -> dict:
         load = open("/proc/loadavg").read().split()[:3]
     except OSError:
         load = []
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-            "platform": platform.platform(), "loadavg_at_start": load}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "platform": platform.platform(),
+        "loadavg_at_start": load,
+    }
 
 
 def markdown(res: dict) -> str:
@@ -222,6 +272,23 @@ def markdown(res: dict) -> str:
         "absolute times are noisy; ratios come from one interleaved run). Command: "
         "`python benchmarks/jax_bench.py`; raw numbers in `benchmarks/results/jax.json`. Times are per batch, "
         "minimum over interleaved rounds (median in the JSON).",
+        "",
+        "### Summary: collapsed Laplacian, ratios of minimum times (targets: ≤ 0.55 × best nested, "
+        "≤ 0.55 × standard, ≤ 1 × folx)",
+        "",
+        "| dtype | N | × best nested | × standard | × folx | × jet (per direction) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for cfg in res["laplacian"]:
+        t = cfg["times"]
+        c = t["collapsed"]["min_ms"]
+        fx = t.get("folx forward_laplacian", {}).get("min_ms")
+        jt = t.get("jax.experimental.jet (per direction, summed)", {}).get("min_ms")
+        lines.append(
+            f"| {cfg['dtype']} | {cfg['N']} | {c / best_nested(t):.2f} | {c / t['standard']['min_ms']:.2f} | "
+            f"{(c / fx) if fx else float('nan'):.2f} | {(c / jt) if jt else float('nan'):.2f} |"
+        )
+    lines += [
         "",
         "### Laplacian of the paper's MLP (tanh, D=50 → 768 → 768 → 512 → 512 → 1)",
         "",
@@ -237,30 +304,71 @@ def markdown(res: dict) -> str:
                 f"| {cfg['dtype']} | {cfg['N']} | {k} | {v['min_ms']:.1f} | {v['min_ms'] / bn:.2f} | "
                 f"{v['min_ms'] / st:.2f} | {cfg['errors'][k]:.1e} |"
             )
-    lines += ["", "### Randomised Laplacian (16 Rademacher directions, float64)", "",
-              "| N | method | time [ms] | × standard |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "### Randomised Laplacian (16 Rademacher directions, float64)",
+        "",
+        "| N | method | time [ms] | × standard |",
+        "| --- | --- | --- | --- |",
+    ]
     for cfg in res["randomised"]:
         st = cfg["times"]["standard"]["min_ms"]
         for k, v in cfg["times"].items():
             lines.append(f"| {cfg['N']} | {k} | {v['min_ms']:.1f} | {v['min_ms'] / st:.2f} |")
-    lines += ["", f"### Bi-Laplacian, D=5 (same widths, float64, N={res['bilaplacian']['N']})", "",
-              "| method | time [ms] | × standard | × best nested |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        f"### Bi-Laplacian, D=5 (same widths, float64, N={res['bilaplacian']['N']})",
+        "",
+        "| method | time [ms] | × standard | × best nested |",
+        "| --- | --- | --- | --- |",
+    ]
     bt = res["bilaplacian"]["times"]
     bn = best_nested(bt)
     for k, v in bt.items():
-        lines.append(f"| {k} | {v['min_ms']:.1f} | {v['min_ms'] / bt['standard']['min_ms']:.2f} | {v['min_ms'] / bn:.2f} |")
-    lines += ["", "### Trace + compile (Laplacian, float64, N=32, fresh process state)", "",
-              "| method | capture [s] | multijet trace + lowering [s] | XLA compile [s] | beyond XLA [s] |",
-              "| --- | --- | --- | --- | --- |"]
+        lines.append(
+            f"| {k} | {v['min_ms']:.1f} | {v['min_ms'] / bt['standard']['min_ms']:.2f} | {v['min_ms'] / bn:.2f} |"
+        )
+    lines += [
+        "",
+        "### Trace + compile (Laplacian, float64, N=32, fresh process state)",
+        "",
+        "| method | capture [s] | multijet trace + lowering [s] | XLA compile [s] | beyond XLA [s] |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for k, v in res["compile"].items():
-        lines.append(f"| {k} | {v['capture_s']:.3f} | {v['trace_and_lower_s']:.3f} | {v['xla_compile_s']:.3f} | "
-                     f"{v['beyond_xla_s']:.3f} |")
+        lines.append(
+            f"| {k} | {v['capture_s']:.3f} | {v['trace_and_lower_s']:.3f} | {v['xla_compile_s']:.3f} | "
+            f"{v['beyond_xla_s']:.3f} |"
+        )
     if res.get("memory"):
         mm = res["memory"]
-        lines += ["", f"### Peak memory (Laplacian, {mm['dtype']}, N={mm['N']}, one process per method)", "",
-                  "| method | max RSS [MB] | above baseline [MB] |", "| --- | --- | --- |"]
+        lines += [
+            "",
+            f"### Peak memory (Laplacian, {mm['dtype']}, N={mm['N']}, one process per method)",
+            "",
+            "| method | peak RSS [MB] | run's peak above the compiled baseline [MB] |",
+            "| --- | --- | --- |",
+        ]
         for k, v in mm["methods"].items():
             lines.append(f"| {k} | {v['peak_rss_mb']:.0f} | {v['above_baseline_mb']:.0f} |")
+    if res.get("coverage"):
+        cov = res["coverage"]
+        tools = list(cov)
+        names = list(cov[tools[0]])
+        lines += [
+            "",
+            "### Construct coverage (the unit tests' constructs, Laplacian at one point vs jax.hessian)",
+            "",
+            "| construct | " + " | ".join(tools) + " |",
+            "| --- |" + " --- |" * len(tools),
+        ]
+        for n in names:
+            lines.append(f"| {n} | " + " | ".join(cov[t][n] for t in tools) + " |")
+        lines.append(
+            "| **correct** | "
+            + " | ".join(f"{sum(v == 'ok' for v in cov[t].values())}/{len(names)}" for t in tools)
+            + " |"
+        )
     if res.get("notes"):
         lines += [""] + [f"- {n}" for n in res["notes"]]
     return "\n".join(lines) + "\n"
@@ -294,8 +402,10 @@ def main() -> None:
     try:
         import folx  # noqa: F401
 
-        res["notes"].append(f"folx {folx.__version__ if hasattr(folx, '__version__') else ''} installed with `pip install folx`; "
-                            "used as forward_laplacian(f, sparsity_threshold=0) under jax.vmap.")
+        res["notes"].append(
+            f"folx {folx.__version__ if hasattr(folx, '__version__') else ''} installed with `pip install folx`; "
+            "used as forward_laplacian(f, sparsity_threshold=0) under jax.vmap."
+        )
     except ImportError:
         res["notes"].append("folx is not installed (pip install folx): not compared.")
     batches = (64,) if args.quick else (64, 256)
@@ -312,20 +422,35 @@ def main() -> None:
     for N in batches:
         X = points(N, D, "float64")
         times, outs = interleaved(laplacian_methods(f, X, samples=16), X, rounds)
-        res["randomised"].append({"N": N, "samples": 16, "times": times,
-                                  "errors": check(outs, "nested (fwd-over-rev, plan directions)", 1e-6)})
+        res["randomised"].append(
+            {
+                "N": N,
+                "samples": 16,
+                "times": times,
+                "errors": check(outs, "nested (fwd-over-rev, plan directions)", 1e-6),
+            }
+        )
         print("randomised", N, {k: round(v["min_ms"], 1) for k, v in times.items()}, flush=True)
     f5 = make_mlp(5, "float64")
     X5 = points(64, 5, "float64")
     times, outs = interleaved(bilaplacian_methods(f5, X5), X5, rounds)
-    res["bilaplacian"] = {"D": 5, "N": 64, "times": times, "errors": check(outs, "nested (jax.hessian of jax.hessian trace)", 1e-6)}
+    res["bilaplacian"] = {
+        "D": 5,
+        "N": 64,
+        "times": times,
+        "errors": check(outs, "nested (jax.hessian of jax.hessian trace)", 1e-6),
+    }
     print("bilaplacian", {k: round(v["min_ms"], 1) for k, v in times.items()}, flush=True)
     res["compile"] = {}
     for m in ("collapsed", "standard", "nested"):
         fresh = make_mlp(D, "float64", seed=123 + len(res["compile"]))
         res["compile"][m] = compile_time(fresh, points(32, D, "float64"), m)
-    res["compile"]["trace of jax.hessian (JAX alone)"] = compile_time_hessian(make_mlp(D, "float64", seed=99), points(32, D, "float64"))
+    res["compile"]["trace of jax.hessian (JAX alone)"] = compile_time_hessian(
+        make_mlp(D, "float64", seed=99), points(32, D, "float64")
+    )
     print("compile", res["compile"], flush=True)
+    res["coverage"] = coverage()
+    print("coverage", {t: sum(v == "ok" for v in c.values()) for t, c in res["coverage"].items()}, flush=True)
     if not args.no_memory:
         res["memory"] = {"dtype": "float64", "N": 256, "methods": memory("float64", 256, D)}
         print("memory", res["memory"], flush=True)

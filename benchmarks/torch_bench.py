@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -163,10 +162,28 @@ def _memory_child(method: str, N: int) -> None:
     )
     with torch.no_grad():
         fn(X[:2])  # warm up code paths
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    import threading
+
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * page
+
+    base, peak, done = rss(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.0005)
+
+    th = threading.Thread(target=sample)
+    th.start()
     out = fn(X)  # differentiable: the graph (activations) is kept
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"kib": peak - base, "ok": bool(out.requires_grad)}))
+    peak[0] = max(peak[0], rss())
+    done.set()
+    th.join()
+    print(json.dumps({"kib": (peak[0] - base) / 1024, "ok": bool(out.requires_grad)}))
 
 
 def memory_table(N: int) -> dict:
@@ -182,7 +199,10 @@ def memory_table(N: int) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| table | N | collapsed | standard | best nested | collapsed/nested | collapsed/standard |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| table | N | collapsed | standard | best nested | collapsed/nested | collapsed/standard |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in results["laplacian"]:
         t = row["seconds"]
         best = min(v for k, v in t.items() if k.startswith("nested"))
@@ -194,9 +214,14 @@ def markdown(results: dict) -> str:
     t = b["seconds"]
     lines.append(
         f"| bi-Laplacian D=5 | {b['N']} | {t['collapsed'] * 1e3:.0f} ms | {t['standard'] * 1e3:.0f} ms | "
-        f"{t['nested (4 nested jvps per direction)'] * 1e3:.0f} ms | {b['collapsed/nested']:.2f} | {b['collapsed/standard']:.2f} |"
+        f"{t['nested (4 nested jvps per direction)'] * 1e3:.0f} ms | {b['collapsed/nested']:.2f} | "
+        f"{b['collapsed/standard']:.2f} |"
     )
-    lines += ["", "| randomised | D | N | S | collapsed | standard | nested | rel. RMS error |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| randomised | D | N | S | collapsed | standard | nested | rel. RMS error |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["randomised"]:
         t = r["seconds"]
         lines.append(
@@ -217,7 +242,8 @@ def markdown(results: dict) -> str:
         f"Build (capture + emit): collapsed Laplacian D=50 {bt['laplacian_D50']['warm_median'] * 1e3:.0f} ms "
         f"(first in a process {bt['laplacian_D50']['first_in_process']:.2f} s, torch's one-off make_fx warm-up); "
         f"bi-Laplacian D=5 {bt['bilaplacian_D5']['warm_median'] * 1e3:.0f} ms.",
-        f"Bi-Laplacian directions at D=5: {b['directions']} (MATH.md's D² set) vs {b['paper_interpolation_directions']:.1f} "
+        f"Bi-Laplacian directions at D=5: {b['directions']} (MATH.md's D² set) vs "
+        f"{b['paper_interpolation_directions']:.1f} "
         f"(the paper's 1.5·D² interpolation set); collapsed arrays per node {b['arrays_collapsed']} vs "
         f"{b['arrays_collapsed_paper_set']:.0f}.",
     ]
@@ -229,26 +255,43 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "torch.json"))
     ap.add_argument("--memory-child", nargs=2)
+    ap.add_argument("--only", help="comma-separated tables to re-run, merged into an existing --out JSON")
     args = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     if args.memory_child:
         _memory_child(args.memory_child[0], int(args.memory_child[1]))
         return
     reps = 3 if args.quick else 7
-    results = {
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "cpu": platform.processor() or platform.machine()},
-        "build": build_times(),
-        "laplacian": [laplacian_table(N, reps if N == 64 else max(3, reps - 2)) for N in (64, 256)],
-        "bilaplacian": bilaplacian_table(16, reps),
-        "randomised": randomised_table(max(3, reps - 2), (4, 16) if args.quick else (4, 16, 64)),
-        "memory_N": 64,
-        "memory": memory_table(64),
+    results: dict = {
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+            "load_average_at_start": os.getloadavg(),
+        },
         "note": "interleaved medians on a shared 2-core CPU; torch-jet (the paper's code) could not be fetched.",
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(results, fh, indent=2)
+    steps = [
+        ("build", build_times),
+        ("laplacian", lambda: [laplacian_table(N, reps if N == 64 else max(3, reps - 2)) for N in (64, 256)]),
+        ("bilaplacian", lambda: bilaplacian_table(16, reps)),
+        ("memory", lambda: memory_table(64)),
+        ("randomised", lambda: randomised_table(max(3, reps - 2), (4, 16) if args.quick else (4, 16, 64))),
+    ]
+    results["memory_N"] = 64
+    if args.only:
+        with open(args.out) as fh:
+            old = json.load(fh)
+        old["machine"], old["note"] = results["machine"], results["note"]
+        results = old
+        steps = [(k, fn) for k, fn in steps if k in args.only.split(",")]
+    for key, fn in steps:
+        results[key] = fn()
+        print(key, json.dumps(results[key], default=float)[:800], flush=True)
+        with open(args.out, "w") as fh:  # written after every table, so a partial run leaves results
+            json.dump(results, fh, indent=2)
     print(markdown(results))
 
 

@@ -46,7 +46,10 @@ def main(steps: int = 300, seed: int = 0) -> list[float]:
     exact = torch.sin(math.pi * grid[:, :1]) * torch.sin(math.pi * grid[:, 1:])
     with torch.no_grad():
         err = (net(grid) - exact).abs().max().item()
-    print(f"{steps} steps in {time.perf_counter() - t0:.1f} s; loss {losses[0]:.3e} -> {losses[-1]:.3e}; max |u - u*| = {err:.3e}")
+    print(
+        f"{steps} steps in {time.perf_counter() - t0:.1f} s; loss {losses[0]:.3e} -> {losses[-1]:.3e}; "
+        f"max |u - u*| = {err:.3e}"
+    )
     return losses
 
 

@@ -156,3 +156,21 @@ def test_table1_quick_smoke(tmp_path):
     assert "| Laplacian |" in md and "randomised bi-Laplacian" in md and "n/a" in md
     _check_png(out / "table1-quick-laplacian.png")
     assert np.isfinite(payload["seconds"])
+
+
+def test_bench_threads_reruns_with_thread_limits(tmp_path):
+    out = tmp_path / "th"
+    rc = main(["bench", *TINY, "--batch-sizes", "1,2", "--backends", "numpy", "--no-memory", "--no-plot",
+               "--threads", "1", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    result = json.loads((out / "laplacian-D3.json").read_text())
+    assert result["machine"]["threads"] == "1"
+
+
+def test_tools_import_no_framework():
+    code = (
+        "import sys, multijet, multijet.cli, multijet.compare, multijet.autotune, multijet._bench; "
+        "print([m for m in ('torch', 'jax', 'matplotlib', 'rich') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

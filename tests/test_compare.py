@@ -126,6 +126,9 @@ def test_torch_module_is_checked_against_its_nested_ad():
     assert rep.native == "torch" and rep.reference == "torch/nested"
     assert {c.backend for c in rep.candidates} == {"torch"}
     assert rep.passed, str(rep)
+    net32 = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    rep32 = mj.compare(mj.Laplacian(), net32, POINTS)  # NumPy input follows the module's float32
+    assert rep32.dtype == "float32" and rep32.passed, str(rep32)
 
 
 def test_jax_function_with_jax_input_float32():

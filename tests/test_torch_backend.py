@@ -72,10 +72,14 @@ def _mk_modules():
         "softplus": torch.nn.Sequential(torch.nn.Linear(D, 4), torch.nn.Softplus(), torch.nn.Linear(4, 1)),
         "silu": torch.nn.Sequential(torch.nn.Linear(D, 4), torch.nn.SiLU(), torch.nn.Linear(4, 1)),
         "gelu": torch.nn.Sequential(torch.nn.Linear(D, 4), torch.nn.GELU(), torch.nn.Linear(4, 1)),
-        "gelu_tanh": torch.nn.Sequential(torch.nn.Linear(D, 4), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(4, 1)),
+        "gelu_tanh": torch.nn.Sequential(
+            torch.nn.Linear(D, 4), torch.nn.GELU(approximate="tanh"), torch.nn.Linear(4, 1)
+        ),
         "relu": torch.nn.Sequential(torch.nn.Linear(D, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1)),
         "elu": torch.nn.Sequential(torch.nn.Linear(D, 4), torch.nn.ELU(), torch.nn.Linear(4, 1)),
-        "layernorm": torch.nn.Sequential(torch.nn.Linear(D, 4), torch.nn.LayerNorm(4), torch.nn.Tanh(), torch.nn.Linear(4, 1)),
+        "layernorm": torch.nn.Sequential(
+            torch.nn.Linear(D, 4), torch.nn.LayerNorm(4), torch.nn.Tanh(), torch.nn.Linear(4, 1)
+        ),
     }
     for m in mods.values():
         m.double()
@@ -104,7 +108,7 @@ PROGRAMS = {
     "addmm": lambda x: torch.cos(torch.addmm(B1[:2], x.reshape(2, 3), M33[:, :2])).sum(),
     "bmm": lambda x: torch.bmm(x.reshape(1, 2, 3), torch.exp(x).reshape(1, 3, 2)).sum(),
     "einsum": lambda x: torch.einsum("ij,jk,ik->", x.reshape(2, 3), M33, torch.tanh(x.reshape(2, 3))),
-    "arith": lambda x: ((x[0] * x[1] - x[2] / (2.0 + x[3] ** 2)) * 3.0 + 1.0 / (1.5 + torch.sin(x[4])) - x[5]),
+    "arith": lambda x: (x[0] * x[1] - x[2] / (2.0 + x[3] ** 2)) * 3.0 + 1.0 / (1.5 + torch.sin(x[4])) - x[5],
     "broadcast": lambda x: (x[:3, None] * x[None, 3:] + x[:3, None] - 2.0).pow(2).sum(),
     "pow": lambda x: ((x**2 + 1.0) ** 1.5).sum() + (x**3).sum() + (torch.exp(x) ** x).sum(),
     "sqrt_rsqrt": lambda x: (torch.sqrt(x**2 + 1.0) + torch.rsqrt(x**2 + 2.0)).sum(),
@@ -120,9 +124,13 @@ PROGRAMS = {
     "log_softmax": lambda x: F.log_softmax(x, 0)[2],
     "vector_norm": lambda x: torch.linalg.vector_norm(x) + torch.linalg.vector_norm(x.reshape(2, 3), dim=1).sum(),
     "views": lambda x: torch.tanh(x.view(2, 3).transpose(0, 1).reshape(6).unsqueeze(0).squeeze(0)).pow(3).sum(),
-    "permute": lambda x: (x.reshape(1, 2, 3).permute(2, 0, 1) * torch.arange(6, dtype=DT).reshape(3, 1, 2)).pow(2).sum(),
-    "cat_stack": lambda x: torch.tanh(torch.cat([x, x[:2] ** 2, torch.ones(2, dtype=DT)]) @ torch.arange(10, dtype=DT) / 10)
-    + torch.stack([x[0], x[1] * x[2]]).prod(),
+    "permute": lambda x: (
+        (x.reshape(1, 2, 3).permute(2, 0, 1) * torch.arange(6, dtype=DT).reshape(3, 1, 2)).pow(2).sum()
+    ),
+    "cat_stack": lambda x: (
+        torch.tanh(torch.cat([x, x[:2] ** 2, torch.ones(2, dtype=DT)]) @ torch.arange(10, dtype=DT) / 10)
+        + torch.stack([x[0], x[1] * x[2]]).prod()
+    ),
     "index_slice_select": lambda x: (x[torch.tensor([0, 2, 2])] ** 2).sum() * x[1:5:2].sum() + x[3] * torch.sin(x[-1]),
     "expand": lambda x: (x[:3].reshape(3, 1).expand(3, 4) * torch.arange(4, dtype=DT)).pow(2).sum(),
     "where_clamp": lambda x: torch.where(x > 0, x**2, torch.sin(x)).sum() + torch.clamp(x, -0.5, 0.5).pow(2).sum(),
@@ -149,7 +157,23 @@ def test_op_laplacian(name, method, X):
     close(out, lap_oracle(f, X), rtol=1e-8, atol=1e-9)
 
 
-BILAP_OPS = ["slogdet", "cholesky", "index_slice_select", "where_clamp", "linear+tanh", "arith", "exp_log", "pow", "sort", "solve", "softmax", "layernorm", "conv1d", "cat_stack", "prod"]
+BILAP_OPS = [
+    "slogdet",
+    "cholesky",
+    "index_slice_select",
+    "where_clamp",
+    "linear+tanh",
+    "arith",
+    "exp_log",
+    "pow",
+    "sort",
+    "solve",
+    "softmax",
+    "layernorm",
+    "conv1d",
+    "cat_stack",
+    "prod",
+]
 
 
 def _manual_layernorm_net(net):
@@ -205,7 +229,9 @@ def test_generic_rule_matches_hand_written():
 
 # --- operators × methods ---------------------------------------------------------------------------------
 
-NET = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Sigmoid(), torch.nn.Linear(8, 1)).double()
+NET = torch.nn.Sequential(
+    torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8), torch.nn.Sigmoid(), torch.nn.Linear(8, 1)
+).double()
 
 
 def _prog(x):  # not an MLP: products, division, exp/log, powers, several inputs combined
@@ -222,7 +248,10 @@ def _weighted_oracle(f, X, C):
 
 OPERATORS = {
     "laplacian": (lambda f, X, **k: mj.laplacian(f, X, **k), lap_oracle),
-    "weighted": (lambda f, X, **k: mj.weighted_laplacian(f, X, C3.numpy(), **k), lambda f, X: _weighted_oracle(f, X, C3)),
+    "weighted": (
+        lambda f, X, **k: mj.weighted_laplacian(f, X, C3.numpy(), **k),
+        lambda f, X: _weighted_oracle(f, X, C3),
+    ),
     "factor": (
         lambda f, X, **k: mj.weighted_laplacian(f, X, factor=SIGMA.numpy(), **k),
         lambda f, X: _weighted_oracle(f, X, SIGMA @ SIGMA.T),
@@ -299,7 +328,9 @@ def test_return_grad_one_pass():
 
 def _pinn_net():
     torch.manual_seed(1)
-    return torch.nn.Sequential(torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).double()
+    return torch.nn.Sequential(
+        torch.nn.Linear(2, 6), torch.nn.Tanh(), torch.nn.Linear(6, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)
+    ).double()
 
 
 @pytest.mark.parametrize("method", ["collapsed", "standard"])
@@ -427,3 +458,25 @@ def test_seed_from_generator():
     assert isinstance(s1, int) and s1 == s2
     with pytest.raises(TypeError):
         mjt.seed_from("nope")
+
+
+def test_emitted_program_runs_under_torch_compile():
+    net = _pinn_net()
+    X = _randn(4, 2, seed=4)
+    lap = mj.compile(mj.Laplacian(), net, X, backend="torch")
+    gm = lap._fn.graph_module
+    compiled = torch.compile(gm, backend="aot_eager")  # dynamo traces the emitted code (no C++ toolchain needed)
+    close(compiled(X)[1], lap_oracle(net, X), rtol=1e-8, atol=1e-10)
+
+
+def test_first_layer_coefficient_is_batch_independent():
+    """With V = I the first layer's per-direction coefficient V Wᵀ = Wᵀ is computed once, not per point."""
+    net = _pinn_net()
+    X = _randn(4, 2, seed=4)
+    gm = mj.compile(mj.Laplacian(), net, X, backend="torch")._fn.graph_module
+    depends = {}
+    for n in gm.graph.nodes:
+        depends[n] = n.op == "placeholder" or any(depends[a] for a in n.all_input_nodes)
+    mms = [n for n in gm.graph.nodes if n.target is torch.matmul]
+    assert len(mms) == 2 + 3 + 2  # layer 1: x_0, x_1 (S_2 = 0); layer 2: x_0, x_1, S_2; last: x_0, S_2 (x_1 unused)
+    assert sum(not depends[n] for n in mms) == 1  # the first layer's V Wᵀ does not see the batch

@@ -110,6 +110,7 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "versions": versions(),
         "backends": available_backends(),
+        "threads": os.environ.get(THREADS_ENV, "framework defaults"),
     }
 
 
@@ -146,6 +147,35 @@ def sync(obj: Any) -> Any:
 
         torch.cuda.synchronize(obj.device)
     return obj
+
+
+THREADS_ENV = "MULTIJET_BENCH_THREADS"
+
+
+def thread_env(n: int) -> dict[str, str]:
+    """Environment that limits NumPy's BLAS, torch (OpenMP) and XLA to ``n`` threads.
+
+    Must be in place before the frameworks load, hence :func:`rerun_with_threads`. On a machine shared with
+    other jobs, spin-waiting thread pools slow down by an order of magnitude; one thread per process keeps
+    the measurements meaningful there.
+    """
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS"):
+        env[var] = str(n)
+    if n == 1:
+        flags = env.get("XLA_FLAGS", "")
+        extra = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        env["XLA_FLAGS"] = f"{flags} {extra}".strip() if extra not in flags else flags
+    env[THREADS_ENV] = str(n)
+    return env
+
+
+def rerun_with_threads(n: int | None, argv: Sequence[str]) -> int | None:
+    """Run ``argv`` again in a child whose frameworks use ``n`` threads; None if this process already does
+    (or ``n`` is None). Returns the child's exit code."""
+    if not n or os.environ.get(THREADS_ENV) == str(n):
+        return None
+    return subprocess.run(list(argv), env=thread_env(n), check=False).returncode
 
 
 # --- timing ----------------------------------------------------------------------------------------------------
@@ -333,7 +363,6 @@ def make_operator(name: str, dim: int, seed: int = 0):
     if key == "bilaplacian":
         return Bilaplacian()
     raise ValueError(f"unknown operator {name!r}; expected one of {OPERATORS}")
-
 
 
 def enable_jax_x64() -> None:
@@ -581,7 +610,7 @@ def run_bench(
                         op, programs[b], x, backend=b, method=m, samples=samples,
                         distribution=config.distribution, seed=config.seed,
                     )  # fmt: skip
-                fns[f"{b}/{m}"] = (lambda c=compiled[b, m, samples], x=x: c(x))
+                fns[f"{b}/{m}"] = lambda c=compiled[b, m, samples], x=x: c(x)
             except Exception as exc:  # noqa: BLE001
                 errors[f"{b}/{m}"] = f"{type(exc).__name__}: {exc}"
         timings = time_interleaved(fns, warmup=config.warmup, repeats=config.repeats, budget=config.budget)

@@ -183,8 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     bench.add_argument("--no-differentiable", action="store_true", help="skip the differentiable (torch) memory")
     bench.add_argument("--jobs", type=_positive_int, default=1, help="memory subprocesses in parallel")
-    bench.add_argument("--out", type=Path, default=Path("multijet-bench"),
-                       help="output directory (default: %(default)s)")
+    bench.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="threads per framework (reruns itself with BLAS/OpenMP/XLA limits; default: theirs)",
+    )
+    bench.add_argument(
+        "--out", type=Path, default=Path("multijet-bench"), help="output directory (default: %(default)s)"
+    )
     bench.add_argument("--name", default=None, help="file stem (default: <operator>[-randomised]-D<dim>)")
     bench.add_argument("--no-plot", action="store_true", help="write the JSON only")
 
@@ -269,7 +276,11 @@ def _devices(backends: Sequence[str]) -> dict[str, list[str]]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ._bench import BenchConfig, plot_bench, run_bench
+    from ._bench import BenchConfig, plot_bench, rerun_with_threads, run_bench
+
+    rc = rerun_with_threads(args.threads, [sys.executable, "-m", "multijet.cli", *args.argv])
+    if rc is not None:
+        return rc
 
     randomised = args.samples is not None
     cfg = BenchConfig(
@@ -377,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``multijet`` command. Returns the exit code (0 ok, 1 failed check, 2 bad usage)."""
     parser = build_parser()
     args = parser.parse_args(argv)  # exits with code 2 and the usage on bad arguments
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -269,15 +269,16 @@ def compare(
 
     ``backends`` defaults to every installed backend for an array-API program given NumPy ``x``, and to the
     program's own framework for a native one. ``methods`` defaults to each backend's methods (NumPy has no
-    ``nested``). NumPy ``x`` is cast to ``dtype`` (default float64; for JAX, float64 is switched on for
-    the comparison only); a torch or JAX ``x`` keeps its dtype unless ``dtype`` is given. Randomised
+    ``nested``). NumPy ``x`` is cast to ``dtype`` (default float64, or an ``nn.Module``'s parameter dtype;
+    for JAX, float64 is switched on for the comparison only); a torch or JAX ``x`` keeps its dtype unless
+    ``dtype`` is given. Randomised
     (``samples=S``) comparisons use the same ``seed``, hence the same directions, on every backend.
     ``rtol`` / ``atol`` override :func:`tolerance`. A candidate that raises is reported, not fatal.
     """
     if not isinstance(op, Operator):
         raise TypeError(f"expected an operator spec such as mj.Laplacian(), got {type(op).__name__}")
     native = native_backend(f, x)
-    x = _cast(x, dtype, native)
+    x = _cast(x, dtype or _module_dtype(f))
     if x.ndim not in (1, 2) or x.shape[-1] < 1:
         raise ValueError(f"x must have shape (D,) or (N, D) with D >= 1, got shape {tuple(x.shape)}")
     # an operator that cannot be planned fails the same way everywhere: say so once, not once per backend
@@ -323,7 +324,17 @@ def compare(
     )  # fmt: skip
 
 
-def _cast(x, dtype: str | None, native: str | None):
+def _module_dtype(f) -> str | None:
+    """The parameter dtype of an ``nn.Module`` (NumPy input is cast to it), else None."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(f, torch.nn.Module):
+        p = next(iter(f.parameters()), None)
+        if p is not None and p.is_floating_point():
+            return str(p.dtype).replace("torch.", "")
+    return None
+
+
+def _cast(x, dtype: str | None):
     source = infer_backend(x)
     if source == "numpy":
         return np.asarray(x, dtype=dtype or "float64")

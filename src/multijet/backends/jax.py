@@ -166,7 +166,7 @@ def _align(jet: Jet, ndim_in: int, ndim_out: int, ctx: RuleContext) -> Jet:
 def _fix(jet: Jet, aval, ctx: RuleContext) -> Jet:
     """Broadcast every coefficient to its layout shape and dtype (a rule may return a broadcastable one)."""
     out = []
-    for k, c in enumerate(jet):
+    for k, c in enumerate(_materialize(jet)):
         if c is None:
             out.append(None)
             continue
@@ -178,6 +178,44 @@ def _fix(jet: Jet, aval, ctx: RuleContext) -> Jet:
             c = jnp.broadcast_to(c, shape)
         out.append(c)
     return out
+
+
+class _Identity:
+    """The input seed ``x_1 = I`` (directions ``e_1 … e_D`` in order), kept symbolic so that the first
+    ``dot_general`` with a constant (``x @ W``) gives its per-direction coefficient ``Wᵀ`` without a matmul."""
+
+    def __init__(self, D: int, dtype):
+        self.D, self.dtype = D, dtype
+        self.shape, self.ndim = (D, D), 2
+
+    def materialize(self) -> jax.Array:
+        return jnp.eye(self.D, dtype=self.dtype)
+
+
+def _materialize(jet: Jet) -> Jet:
+    return [c.materialize() if isinstance(c, _Identity) else c for c in jet]
+
+
+def _dot_identity(ctx: RuleContext, eqn, ins: list[Jet]) -> list[Jet] | None:
+    """``dot_general(x, W)`` or ``dot_general(W, x)`` with ``x``'s jet ``(x_0, I, 0, …)`` and ``W`` constant:
+    the per-direction coefficient ``e_r · W`` is ``W`` with the contracted axis moved to the front."""
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    if lb or rb or len(ins) != 2:
+        return None
+    for seed_i, other_i, contract in ((0, 1, (lc, rc)), (1, 0, (rc, lc))):
+        seed, other = ins[seed_i], ins[other_i]
+        if (
+            isinstance(seed[1], _Identity)
+            and all(c is None for c in seed[2:])
+            and _is_const(other)
+            and len(eqn.invars[seed_i].aval.shape) == 1
+            and tuple(contract[0]) == (0,)
+        ):
+            y0 = _bind_fn(eqn)(ins[0][0], ins[1][0])[0]
+            c = contract[1][0]
+            y1 = jnp.moveaxis(jnp.asarray(other[0]), c, 0).astype(eqn.outvars[0].aval.dtype)
+            return [[y0, y1] + [None] * (ctx.order - 1)]
+    return None
 
 
 # --- registration helpers (rules registered by kind) -----------------------------------------------------
@@ -264,10 +302,19 @@ def _eval_eqn(ctx: RuleContext, eqn, ins: list[Jet]) -> list[Jet]:
     if all(_is_const(j) for j in ins) or not any(_inexact(v.aval) for v in eqn.outvars):
         return [_const_jet(o, K) for o in _bind_fn(eqn)(*[j[0] for j in ins])]
     rule = RULES.get(name)
+    if any(isinstance(c, _Identity) for j in ins for c in j[1:2]):
+        if name == "dot_general":
+            outs = _dot_identity(ctx, eqn, ins)
+            if outs is not None:
+                return [_fix(o, v.aval, ctx) for o, v in zip(outs, eqn.outvars, strict=True)]
+        if KINDS.get(name) != "call":  # call-like primitives pass the symbolic seed on to their body
+            ins = [_materialize(j) for j in ins]
     if rule is None:
         if _STRICT[0]:
             raise UnsupportedPrimitiveError(
-                name, NAME, _where(eqn),
+                name,
+                NAME,
+                _where(eqn),
                 hint=f"strict mode is on (multijet.backends.jax.set_strict); register a rule with "
                 f"multijet.backends.jax.register_rule({name!r}, rule) or call set_strict(False) to use the "
                 "generic nested-jvp rule.",
@@ -515,7 +562,9 @@ def _generic_rule(ctx: RuleContext, eqn, ins: list[Jet]) -> list[Jet]:
     except (NotImplementedError, TypeError, ValueError) as e:
         if "ifferentiation rule" in str(e) or "not implemented" in str(e).lower() or isinstance(e, NotImplementedError):
             raise UnsupportedPrimitiveError(
-                eqn.primitive.name, NAME, _where(eqn),
+                eqn.primitive.name,
+                NAME,
+                _where(eqn),
                 hint=f"JAX cannot differentiate it either ({e}). Register a Taylor rule with "
                 f"multijet.backends.jax.register_rule({eqn.primitive.name!r}, rule).",
             ) from e
@@ -544,7 +593,9 @@ def _call_rule(ctx, eqn, ins):
             return _eval_closed(ctx, sub, ins)
         if isinstance(sub, jcore.Jaxpr):
             return jet_eval(ctx, sub, [], ins)
-    raise UnsupportedPrimitiveError(eqn.primitive.name, NAME, _where(eqn), hint="no inner jaxpr found in its parameters.")
+    raise UnsupportedPrimitiveError(
+        eqn.primitive.name, NAME, _where(eqn), hint="no inner jaxpr found in its parameters."
+    )
 
 
 def _struct(jets) -> tuple:
@@ -567,10 +618,12 @@ def _unflatten(flat, struct) -> list[Jet]:
 def _densify(jets, struct, avals, ctx: RuleContext) -> list[Jet]:
     out = []
     for j, s, aval in zip(jets, struct, avals, strict=True):
-        out.append([
-            (c if c is not None else ctx.zeros(k, aval)) if present else None
-            for k, (c, present) in enumerate(zip(j, s, strict=True))
-        ])
+        out.append(
+            [
+                (c if c is not None else ctx.zeros(k, aval)) if present else None
+                for k, (c, present) in enumerate(zip(j, s, strict=True))
+            ]
+        )
     return out
 
 
@@ -761,10 +814,11 @@ def _jet_group(jaxpr, consts, x, spec: _GroupSpec, V, w, collapsed: bool):
         (y,) = jet_eval(_make_context(0, collapsed, w, 1, True), jaxpr, consts, [[x]])
         y = jnp.broadcast_to(jnp.asarray(y[0], out_aval.dtype), out_aval.shape)
         return y, w[0] * y, None
-    if spec.identity:
-        V = jnp.eye(spec.R, dtype=x.dtype)
     ctx = _make_context(K, collapsed, w, spec.R, spec.ones)
-    (out,) = jet_eval(ctx, jaxpr, consts, [taylor.seed(x, V, ctx.tctx)])
+    seed = taylor.seed(x, V, ctx.tctx)
+    if spec.identity and ctx.dirs(1):
+        seed[1] = _Identity(spec.R, x.dtype)
+    (out,) = jet_eval(ctx, jaxpr, consts, [seed])
     out = _fix(out, out_aval, ctx)
     value = jnp.broadcast_to(jnp.asarray(out[0], out_aval.dtype), out_aval.shape)
     total = taylor.top_sum(out, ctx.tctx)
@@ -823,7 +877,9 @@ def _point(jaxpr, specs, method, return_grad, consts, x, arrays):
             D = x.shape[0]
             spec = _GroupSpec(1, D, True, True)
             _, _, grad = _jet_group(jaxpr, consts, x, spec, None, jnp.ones(D, x.dtype), False)
-    return value, total, grad if return_grad else None
+    if not return_grad:  # the value is not part of the result: let XLA drop the primal output
+        return None, total, None
+    return value, total, grad
 
 
 def _apply_jaxpr(jaxpr, consts, x):
@@ -884,22 +940,23 @@ def run(plan: Plan, f: Callable, x, *, method: str = "collapsed", return_grad: b
 def compile(plan: Plan, f: Callable, x_example, *, method: str = "collapsed", return_grad: bool = False):
     """Trace ``f`` once at ``x_example`` and return the jitted ``x -> (value, result, grad)``.
 
-    The parameters ``f`` closes over are captured at this call; to differentiate with respect to changing
+    The arrays ``f`` closes over (e.g. network parameters) and the plan's directions are captured now and
+    compiled in as constants (XLA can then pre-pack the weights). To differentiate with respect to changing
     parameters, call ``mj.laplacian`` inside your own ``jax.jit``/``jax.grad`` instead.
     """
     x_example = _as_array(x_example)
     closed = _capture(f, x_example)
-    fn = _runner(closed.jaxpr, _specs(plan), method, return_grad)
-    consts = list(closed.consts)
-    arrays = _arrays(plan, x_example.dtype)
+    jaxpr, consts = closed.jaxpr, list(closed.consts)
+    specs, arrays = _specs(plan), _arrays(plan, x_example.dtype)
+    fn = jax.jit(lambda x: _evaluate(jaxpr, specs, method, return_grad, consts, x, arrays))
 
     def compiled(x):
         x = _as_array(x)
         if x.dtype != x_example.dtype:
             raise TypeError(f"compiled for dtype {x_example.dtype}, got x of dtype {x.dtype}")
-        return fn(consts, x, arrays)
+        return fn(x)
 
-    compiled.lower = lambda x: fn.lower(consts, _as_array(x), arrays)  # type: ignore[attr-defined]
+    compiled.lower = fn.lower  # type: ignore[attr-defined]
     return compiled
 
 

@@ -289,11 +289,17 @@ def _emit_group(gm, graph, root, group: JetGroup, gi, collapsed, X, N, dev, x0no
                 if node in const_env:
                     env[node] = const_env[node]
                     continue
-                cargs = pytree.tree_map(lambda a: a.node if isinstance(a, Cst) else a, args, is_leaf=lambda a: isinstance(a, Cst))
-                ckw = pytree.tree_map(lambda a: a.node if isinstance(a, Cst) else a, kwargs, is_leaf=lambda a: isinstance(a, Cst))
+                cargs = pytree.tree_map(
+                    lambda a: a.node if isinstance(a, Cst) else a, args, is_leaf=lambda a: isinstance(a, Cst)
+                )
+                ckw = pytree.tree_map(
+                    lambda a: a.node if isinstance(a, Cst) else a, kwargs, is_leaf=lambda a: isinstance(a, Cst)
+                )
                 new = graph.call_function(node.target, tuple(cargs), dict(ckw))
                 m = _meta(node)
-                const_env[node] = Cst(new, tuple(m.shape) if isinstance(m, torch.Tensor) else None, getattr(m, "dtype", None))
+                const_env[node] = Cst(
+                    new, tuple(m.shape) if isinstance(m, torch.Tensor) else None, getattr(m, "dtype", None)
+                )
                 env[node] = const_env[node]
                 continue
             env[node] = _apply_rule(E, node, args, kwargs)
@@ -321,7 +327,9 @@ def _apply_rule(E: Emitter, node: fx.Node, args, kwargs):
             raise
         except Exception as e:
             raise UnsupportedPrimitiveError(
-                tr._op_name(node.target), NAME, where,
+                tr._op_name(node.target),
+                NAME,
+                where,
                 hint=f"its Taylor rule failed while building ({type(e).__name__}: {e}); please report this.",
             ) from e
     return tr.generic_rule(E, node.target, args, kwargs, _meta(node), where)

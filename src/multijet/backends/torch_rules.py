@@ -178,7 +178,18 @@ XP = _XP()
 class Emitter:
     """Builds the jet program: the new fx graph, the JetContext, and helpers the rules share."""
 
-    def __init__(self, graph: torch.fx.Graph, ctx: taylor.JetContext, R: int, N, device, weights_node, unit_weights: bool, wsum_total: float, equal_weight: float | None = None):
+    def __init__(
+        self,
+        graph: torch.fx.Graph,
+        ctx: taylor.JetContext,
+        R: int,
+        N,
+        device,
+        weights_node,
+        unit_weights: bool,
+        wsum_total: float,
+        equal_weight: float | None = None,
+    ):
         self.graph, self.ctx, self.R, self.N, self.device = graph, ctx, R, N, device
         self._w = weights_node  # (R,) tensor node
         self._unit = unit_weights
@@ -245,10 +256,17 @@ class Emitter:
         if c.r == 1:
             return c if self._wtotal == 1.0 else c * self._wtotal
         node = c.node
-        if (self._unit or self._wequal) and node.target is operator.mul and len(node.args) == 2 and node.args[0] is node.args[1]:
-            # Σ_r w c_r² as a squared norm: one reduction, no (N, R, …) temporary (the square node is dropped)
-            nrm = self.call(torch.linalg.vector_norm, node.args[0], 2, 1, keepdim=True)
-            out = Co(self, self.call(torch.square, nrm), c.b, 1, c.shape)
+        if (
+            (self._unit or self._wequal)
+            and node.target is operator.mul
+            and len(node.args) == 2
+            and all(isinstance(a, torch.fx.Node) for a in node.args)
+            and len(node.users) == 0
+        ):
+            # Σ_r w a_r b_r as one fused dot product over the direction axis: no (N, R, …) temporary (the
+            # product node, now unused, is dropped by dead-code elimination)
+            dot = self.call(torch.linalg.vecdot, node.args[0], node.args[1], dim=1)
+            out = Co(self, self.call(torch.unsqueeze, dot, 1), c.b, 1, c.shape)
             return out if self._unit else out * self._wfirst
         if self._unit:
             return Co(self, self.call(torch.sum, c.node, 1, keepdim=True), c.b, 1, c.shape)
@@ -432,8 +450,10 @@ def _reduce_dims(x, dims):
 def _reducer(torch_fn):
     def build(E, x, dims=None, keepdim=False, *, dtype=None):
         ds = _reduce_dims(x, dims)
-        shape = tuple(1 if i in ds else s for i, s in enumerate(x.shape)) if keepdim else tuple(
-            s for i, s in enumerate(x.shape) if i not in ds
+        shape = (
+            tuple(1 if i in ds else s for i, s in enumerate(x.shape))
+            if keepdim
+            else tuple(s for i, s in enumerate(x.shape) if i not in ds)
         )
         if not ds:
             return (lambda c: c), shape
@@ -618,7 +638,14 @@ def _split_like(target):
             n = o.shape[d - 2]
             shape = tuple(o.shape)
             s0 = starts
-            res.append(linear(E, x, lambda c, s0=s0, n=n, shape=shape: c.map(aten.slice.Tensor, d, s0, s0 + n, 1, shape=shape), shape))
+            res.append(
+                linear(
+                    E,
+                    x,
+                    lambda c, s0=s0, n=n, shape=shape: c.map(aten.slice.Tensor, d, s0, s0 + n, 1, shape=shape),
+                    shape,
+                )
+            )
             starts += n
         return tuple(res)
 
@@ -720,6 +747,7 @@ def _where(E, cond, a, b):
     shape, dtype = _out_shape(cond, a, b), _result_dtype(a, b)
     cnd = cond.c[0] if isinstance(cond, Jet) else cond
     A, B = _as_co(E, a, E.K), _as_co(E, b, E.K)
+    nd = len(shape)
     out = []
     for k in range(E.K + 1):
         x, y = A[k], B[k]
@@ -727,22 +755,19 @@ def _where(E, cond, a, b):
             out.append(None)
             continue
         cos = [v for v in (x, y, cnd if k == 0 else None) if isinstance(v, Co)]
-        ref = cos[0]
         bb, r = any(c.b for c in cos), max(c.r for c in cos)
-        nd = len(shape)
-
-        def prep(v, t):
-            if v is None:
-                return 0.0
-            if isinstance(v, Co):
-                return E.align(v, nd)
-            return v  # Cst: broadcasts from the right
-
         c = E.align(cnd, nd) if isinstance(cnd, Co) else cnd
-        node = E.call(torch.where, c, prep(x, a), prep(y, b))
+        node = E.call(torch.where, c, _where_operand(E, x, nd), _where_operand(E, y, nd))
         out.append(Co(E, node, bb or (isinstance(c, Co) and c.b), r, shape))
-        del ref
     return E.jet(out, shape, dtype)
+
+
+def _where_operand(E, v, nd):
+    if v is None:
+        return 0.0
+    if isinstance(v, Co):
+        return E.align(v, nd)
+    return v  # Cst: broadcasts from the right
 
 
 def _clamp(E, x, lo=None, hi=None):
@@ -847,7 +872,8 @@ for _op, _name, _fn in [
     (aten.tanh, "tanh", torch.tanh), (aten.sigmoid, "sigmoid", torch.sigmoid), (aten.sin, "sin", torch.sin),
     (aten.cos, "cos", torch.cos), (aten.tan, "tan", torch.tan), (aten.exp, "exp", torch.exp),
     (aten.expm1, "expm1", torch.expm1), (aten.log, "log", torch.log), (aten.log1p, "log1p", torch.log1p),
-    (aten.sqrt, "sqrt", torch.sqrt), (aten.rsqrt, "rsqrt", torch.rsqrt), (aten.reciprocal, "reciprocal", torch.reciprocal),
+    (aten.sqrt, "sqrt", torch.sqrt), (aten.rsqrt, "rsqrt", torch.rsqrt),
+    (aten.reciprocal, "reciprocal", torch.reciprocal),
     (aten.abs, "abs", torch.abs), (aten.relu, "relu", torch.relu), (aten.asin, "asin", torch.asin),
     (aten.acos, "acos", torch.acos), (aten.atan, "atan", torch.atan), (aten.asinh, "asinh", torch.asinh),
     (aten.acosh, "acosh", torch.acosh), (aten.atanh, "atanh", torch.atanh), (aten.sinh, "sinh", torch.sinh),
@@ -950,11 +976,6 @@ RULES[aten.argmax] = _argreduce(torch.argmax)
 RULES[aten.argmin] = _argreduce(torch.argmin)
 
 
-def _like(E, x, *args, **kwargs):
-    """``zeros_like(x)`` and friends: a constant of ``x``'s point shape."""
-    raise _generic_needed
-
-
 # --- kind: bilinear ---------------------------------------------------------------------------------------------
 
 
@@ -1041,12 +1062,18 @@ _defs([aten.addmv], _addmv)
 def _convolution(E, x, w, bias, stride, padding, dilation, transposed, output_padding, groups):
     if not _is_jet(x) or _is_jet(w) or _is_jet(bias):
         raise _generic_needed
-    out = tuple(_meta_shape(aten.convolution.default, x, w, bias, stride, padding, dilation, transposed, output_padding, groups).shape)
+    out = tuple(
+        _meta_shape(
+            aten.convolution.default, x, w, bias, stride, padding, dilation, transposed, output_padding, groups
+        ).shape
+    )
     args = (stride, padding, dilation, transposed, output_padding, groups)
 
     def conv(c, with_bias):
         flat = c.map(torch.reshape, [-1, *x.shape[1:]], shape=x.shape)
-        node = E.call(aten.convolution.default, flat.node, w.node, bias.node if (with_bias and bias is not None) else None, *args)
+        node = E.call(
+            aten.convolution.default, flat.node, w.node, bias.node if (with_bias and bias is not None) else None, *args
+        )
         return Co(E, E.call(torch.reshape, node, E.lead(c) + list(out)), c.b, c.r, out)
 
     return linear(E, x, lambda c: conv(c, False), out, primal_fn=lambda c: conv(c, True))
@@ -1119,7 +1146,16 @@ class GenericSpec:
 
 _GENERIC: list[GenericSpec] = []
 
-_RANDOM_OPS = {"rand_like", "randn_like", "bernoulli", "dropout", "native_dropout", "randint_like", "multinomial", "normal"}
+_RANDOM_OPS = {
+    "rand_like",
+    "randn_like",
+    "bernoulli",
+    "dropout",
+    "native_dropout",
+    "randint_like",
+    "multinomial",
+    "normal",
+}
 
 
 def generic_rule(E, target, args, kwargs, out_meta, where):
@@ -1131,7 +1167,9 @@ def generic_rule(E, target, args, kwargs, out_meta, where):
         )
     if STRICT:
         raise UnsupportedPrimitiveError(
-            name, "torch", where,
+            name,
+            "torch",
+            where,
             hint=f"no hand-written rule and multijet.backends.torch_rules.STRICT is set; register one with "
             f"multijet.backends.torch.register_rule(torch.ops.{name}, rule) or unset STRICT to use the generic rule.",
         )
@@ -1161,9 +1199,14 @@ def generic_rule(E, target, args, kwargs, out_meta, where):
     out_leaves, out_tree = pytree.tree_flatten(out_meta)
     float_out = [isinstance(o, torch.Tensor) and o.is_floating_point() for o in out_leaves]
     has_dir = any(
-        c is not None for leaf in leaves if isinstance(leaf, Jet) and leaf.dtype is not None and leaf.dtype.is_floating_point for c in leaf.c[1:]
+        c is not None
+        for leaf in leaves
+        if isinstance(leaf, Jet) and leaf.dtype is not None and leaf.dtype.is_floating_point
+        for c in leaf.c[1:]
     )
-    spec = GenericSpec(target, name, where, treedef, kinds, pyvals, E.K, E.R, E.ctx.collapsed, float_out, out_tree, len(out_leaves))
+    spec = GenericSpec(
+        target, name, where, treedef, kinds, pyvals, E.K, E.R, E.ctx.collapsed, float_out, out_tree, len(out_leaves)
+    )
     _GENERIC.append(spec)
     key = len(_GENERIC) - 1
     call = E.graph.call_function(generic_call, (key, E._w, *flat_nodes))
@@ -1204,7 +1247,9 @@ def generic_call(key: int, w, *flat):
         raise
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as e:
         raise UnsupportedPrimitiveError(
-            spec.name, "torch", spec.where,
+            spec.name,
+            "torch",
+            spec.where,
             hint=f"the generic rule (nested torch.func.jvp under vmap) failed: {type(e).__name__}: {str(e)[:300]}. "
             f"Register a hand-written rule with multijet.backends.torch.register_rule(torch.ops.{spec.name}, rule).",
         ) from e
@@ -1249,7 +1294,10 @@ def _generic_eval(spec: GenericSpec, w, flat):
 
     fidx = [i for i, f in enumerate(spec.float_out) if f]
     x0s = [lanes(j[0], R) for j in jets]
-    xks = [[lanes(j[k], R) if (fl and j[k] is not None and k <= Kp) else None for k in range(1, K + 1)] for j, fl in zip(jets, floating, strict=True)]
+    xks = [
+        [lanes(j[k], R) if (fl and j[k] is not None and k <= Kp) else None for k in range(1, K + 1)]
+        for j, fl in zip(jets, floating, strict=True)
+    ]
 
     present = [[c is not None for c in xk] for xk in xks]
     xk_flat = [c for xk in xks for c in xk if c is not None]
@@ -1275,10 +1323,12 @@ def _generic_eval(spec: GenericSpec, w, flat):
 
             def nxt(t, prev=prev):
                 p, tan = torch.func.jvp(prev, (t,), (torch.ones_like(t),))
-                return tuple(p) + tuple(tan[-len(fidx):])
+                return tuple(p) + tuple(tan[-len(fidx) :])
 
             fns.append(nxt)
-        t0 = torch.zeros((), dtype=x0s_[0].dtype if x0s_[0].is_floating_point() else torch.float64, device=x0s_[0].device)
+        t0 = torch.zeros(
+            (), dtype=x0s_[0].dtype if x0s_[0].is_floating_point() else torch.float64, device=x0s_[0].device
+        )
         for x0 in x0s_:
             if x0.is_floating_point():
                 t0 = torch.zeros((), dtype=x0.dtype, device=x0.device)
@@ -1295,11 +1345,17 @@ def _generic_eval(spec: GenericSpec, w, flat):
     if collapsed:
         for i in fidx:
             top = results[i * (K + 1) + K]
-            results[i * (K + 1) + K] = (top * w.reshape(R, *[1] * (top.dim() - 2)).to(top.dtype)).sum(1, keepdim=True) if K > 1 else None
+            results[i * (K + 1) + K] = (
+                (top * w.reshape(R, *[1] * (top.dim() - 2)).to(top.dtype)).sum(1, keepdim=True) if K > 1 else None
+            )
         tops = [j[K] if fl else None for j, fl in zip(jets, floating, strict=True)]
         if any(t is not None for t in tops):
             p0 = [lanes(j[0], 1) for j in jets]
-            tan = [lanes(t, 1) if t is not None else torch.zeros_like(p) for t, p in zip(tops, p0, strict=True) if p.is_floating_point()]
+            tan = [
+                lanes(t, 1) if t is not None else torch.zeros_like(p)
+                for t, p in zip(tops, p0, strict=True)
+                if p.is_floating_point()
+            ]
             isf = [p.is_floating_point() for p in p0]
 
             def jvp_point(p0_, tan_):
@@ -1393,7 +1449,9 @@ def _inverse_jet(E, A: Jet):
     n = A.shape[-1]
     mul = _mat_mul(E, A.shape)
     negM = taylor.scale(_series_M(E, A, inv0), -1.0)
-    eye = Co(E, E.call(torch.reshape, E.call(torch.eye, n, dtype=A.dtype, device=E.device), [1, 1, n, n]), False, 1, (n, n))
+    eye = Co(
+        E, E.call(torch.reshape, E.call(torch.eye, n, dtype=A.dtype, device=E.device), [1, 1, n, n]), False, 1, (n, n)
+    )
     term = [eye] + [None] * E.K
     total = list(term)
     for _ in range(E.K):
@@ -1410,7 +1468,7 @@ def _logabsdet_jet(E, A: Jet, lad0: Co) -> Jet:
     M = _series_M(E, A, inv0)
     mul = _mat_mul(E, A.shape)
     P = M
-    acc = taylor.linear(P, _trace) if False else [None] + [None if c is None else _trace(c) for c in P[1:]]
+    acc = [None] + [None if c is None else _trace(c) for c in P[1:]]
     for j in range(2, E.K + 1):
         P = taylor.product(P, M, E.ctx, mul)
         tr_ = [None] + [None if c is None else _trace(c) for c in P[1:]]
@@ -1462,8 +1520,12 @@ def _solve_ex(E, A, B, *, left=True, check_errors=False):
     LU = Co(E, E.call(operator.getitem, res, 0), A.c[0].b, 1, tuple(meta[1].shape))
     piv = Co(E, E.call(operator.getitem, res, 1), A.c[0].b, 1, tuple(meta[2].shape))
     K = E.K
-    return (X, Jet([LU] + [None] * K, tuple(meta[1].shape), A.dtype), Jet([piv] + [None] * K, tuple(meta[2].shape), torch.int32),
-            Jet([info] + [None] * K, (), torch.int32))
+    return (
+        X,
+        Jet([LU] + [None] * K, tuple(meta[1].shape), A.dtype),
+        Jet([piv] + [None] * K, tuple(meta[2].shape), torch.int32),
+        Jet([info] + [None] * K, (), torch.int32),
+    )
 
 
 RULES[aten._linalg_slogdet] = _slogdet
