@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from array_api_compat import array_namespace
 
 torch = pytest.importorskip("torch")
 
@@ -480,3 +481,93 @@ def test_first_layer_coefficient_is_batch_independent():
     mms = [n for n in gm.graph.nodes if n.target is torch.matmul]
     assert len(mms) == 2 + 3 + 2  # layer 1: x_0, x_1 (S_2 = 0); layer 2: x_0, x_1, S_2; last: x_0, S_2 (x_1 unused)
     assert sum(not depends[n] for n in mms) == 1  # the first layer's V Wᵀ does not see the batch
+
+
+# --- regressions: ops torch cannot differentiate, random ops, nested AD on the captured program ------------
+
+
+def test_hypot_is_differentiated_not_zeroed():
+    X = _randn(3, 3, seed=4)
+
+    def f(x):
+        return torch.hypot(x[0], x[1] + 2.0) * x[2]
+
+    close(mj.laplacian(f, X), lap_oracle(f, X))
+
+
+def test_prims_op_without_derivative_is_refused():
+    with pytest.raises(mj.UnsupportedPrimitiveError, match="prims.cbrt"):
+        mj.laplacian(lambda x: torch.ops.prims.cbrt(x).sum(), _randn(2, 3))
+
+
+def test_dropout_in_train_mode_is_refused_and_eval_mode_runs():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(0.5), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    net = net.double()
+    X = _randn(2, 3, seed=1)
+    with pytest.raises(mj.UnsupportedPrimitiveError, match="bernoulli.*net.eval"):
+        mj.laplacian(net, X)
+    net.eval()
+    close(mj.laplacian(net, X), lap_oracle(net, X))
+
+
+def test_nested_is_exact_for_linalg_over_a_batch():
+    A0 = _randn(3, 3, seed=7)
+
+    def f(x):
+        return torch.linalg.det(A0 + torch.diag(x**2))
+
+    X = _randn(4, 3, seed=8)
+    ref = lap_oracle(f, X)  # per point: vmap over points of torch's forward AD of det is wrong in torch 2.13
+    for method in METHODS:
+        close(mj.laplacian(f, X, method=method), ref)
+
+
+def test_nested_bilaplacian_of_layer_norm():
+    ln = torch.nn.LayerNorm(4).double()
+
+    def f(x):
+        return torch.tanh(ln(x)).sum() * x[0]
+
+    def by_hand(x):  # the same function, layer norm written out: torch's own higher-order AD of it is wrong
+        z = (x - x.mean()) / torch.sqrt(x.var(unbiased=False) + ln.eps)
+        return torch.tanh(z * ln.weight + ln.bias).sum() * x[0]
+
+    X = _randn(2, 4, seed=9)
+    ref = bilap_oracle(by_hand, X)
+    for method in METHODS:
+        close(mj.bilaplacian(f, X, method=method), ref, rtol=1e-8, atol=1e-8)
+
+
+def test_in_place_slice_assignment():
+    def f(x):
+        y = torch.zeros(4, dtype=x.dtype)
+        y[1:3] = x[:2] ** 2
+        y[0] = torch.sin(x[2])
+        return (torch.tanh(y) * torch.arange(1.0, 5.0, dtype=x.dtype)).sum()
+
+    X = _randn(3, 3, seed=10)
+    ref = torch.stack([torch.trace(torch.autograd.functional.hessian(f, x)) for x in X])
+    for method in ("collapsed", "standard"):
+        close(mj.laplacian(f, X, method=method), ref)
+
+
+def test_tuple_output_is_stacked_like_numpy():
+    def f(x):
+        xp = array_namespace(x)
+        return xp.sum(x) ** 2, xp.prod(xp.sin(x))
+
+    X = _randn(3, 3, seed=11)
+    ref = mj.laplacian(f, X.numpy(), backend="numpy")
+    for method in METHODS:
+        out = mj.laplacian(f, X, method=method)
+        assert out.shape == (3, 2)
+        np.testing.assert_allclose(out.detach().numpy(), ref, rtol=1e-10, atol=1e-12)
+    with pytest.raises(mj.BackendError, match="share a shape"):
+        mj.laplacian(lambda x: (x, x.sum()), X)
+
+
+def test_compiled_shows_its_code():
+    net = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 1)).double()
+    c = mj.compile(mj.Laplacian(), net, _randn(2, 3), backend="torch")
+    assert "tanh" in c.code and "def forward" in c.code
+    assert isinstance(c.graph_module, torch.fx.GraphModule)

@@ -114,6 +114,22 @@ class Compiled:
             value, result, grad = back(value), back(result), None if grad is None else back(grad)
         return (value, grad, result) if self.return_grad else result
 
+    @property
+    def code(self) -> str:
+        """The generated program: the emitted fx module's Python (torch), the jaxpr (JAX)."""
+        code = getattr(self._fn, "code", None)
+        if code is None:
+            raise AttributeError(
+                f"the {self.backend!r} backend evaluates the plan eagerly and generates no code to show; "
+                "print(compiled.plan) shows what it computes"
+            )
+        return code
+
+    @property
+    def graph_module(self):
+        """The emitted ``torch.fx.GraphModule`` (torch backend; None elsewhere)."""
+        return getattr(self._fn, "graph_module", None)
+
     def __repr__(self) -> str:
         return f"multijet.Compiled(backend={self.backend!r}, method={self.method!r})\n{self.plan}"
 

@@ -912,11 +912,29 @@ def _runner(jaxpr, specs, method, return_grad) -> Callable:
     return fn
 
 
+def _stacked_output(f: Callable) -> Callable:
+    """``f`` with a tuple/list of equally shaped outputs stacked into one array (as every backend does)."""
+
+    def g(x):
+        out = f(x)
+        if isinstance(out, tuple | list):
+            parts = [jnp.asarray(o) for o in out]
+            if len({p.shape for p in parts}) > 1:
+                raise TypeError(
+                    "f returned a tuple/list of arrays of shapes "
+                    f"{[tuple(p.shape) for p in parts]}; multijet stacks such outputs, so they must share a shape"
+                )
+            out = jnp.stack(parts)
+        return out
+
+    return g
+
+
 def _capture(f: Callable, x):
     """``jax.make_jaxpr`` of ``f`` at one point of ``x``'s dimension and dtype."""
     D = x.shape[-1]
     dtype = x.dtype
-    closed = jax.make_jaxpr(f)(jax.ShapeDtypeStruct((D,), dtype))
+    closed = jax.make_jaxpr(_stacked_output(f))(jax.ShapeDtypeStruct((D,), dtype))
     if len(closed.jaxpr.outvars) != 1:
         raise TypeError(
             f"f must return one array, got {len(closed.jaxpr.outvars)} outputs; apply the operator to each output "
@@ -950,14 +968,26 @@ def compile(plan: Plan, f: Callable, x_example, *, method: str = "collapsed", re
     specs, arrays = _specs(plan), _arrays(plan, x_example.dtype)
     fn = jax.jit(lambda x: _evaluate(jaxpr, specs, method, return_grad, consts, x, arrays))
 
-    def compiled(x):
-        x = _as_array(x)
-        if x.dtype != x_example.dtype:
-            raise TypeError(f"compiled for dtype {x_example.dtype}, got x of dtype {x.dtype}")
-        return fn(x)
+    return CompiledJax(fn, x_example)
 
-    compiled.lower = fn.lower  # type: ignore[attr-defined]
-    return compiled
+
+class CompiledJax:
+    """``compile``'s callable: the jitted jet program; ``.code`` prints its jaxpr, ``.lower`` lowers it."""
+
+    def __init__(self, fn, x_example):
+        self._fn, self._x_example = fn, x_example
+        self.lower = fn.lower
+
+    def __call__(self, x):
+        x = _as_array(x)
+        if x.dtype != self._x_example.dtype:
+            raise TypeError(f"compiled for dtype {self._x_example.dtype}, got x of dtype {x.dtype}")
+        return self._fn(x)
+
+    @property
+    def code(self) -> str:
+        """The jaxpr of the jet program at ``x_example``'s shape (what XLA compiles)."""
+        return str(jax.make_jaxpr(self._fn)(self._x_example))
 
 
 def seed_from(key) -> int:

@@ -104,6 +104,26 @@ class _user_frames_recorded:
         return False
 
 
+def one_output(f: Callable) -> Callable:
+    """``f`` returning one tensor: a tuple/list of equally shaped outputs is stacked (as on every backend)."""
+
+    def point_fn(x):
+        out = f(x)
+        if isinstance(out, tuple | list):
+            parts = [torch.as_tensor(o, dtype=x.dtype, device=x.device) for o in out]
+            if len({tuple(p.shape) for p in parts}) > 1:
+                raise BackendError(
+                    "f returned a tuple/list of tensors of shapes "
+                    f"{[tuple(p.shape) for p in parts]}; multijet stacks such outputs, so they must share a shape"
+                )
+            out = torch.stack(parts)
+        if not isinstance(out, torch.Tensor):
+            out = torch.as_tensor(out, dtype=x.dtype, device=x.device)
+        return out
+
+    return point_fn
+
+
 def capture(f: Callable, x_point: torch.Tensor) -> fx.GraphModule:
     """``make_fx`` of ``f`` at one point: functionalised ATen ops with source lines recorded."""
     global _DECOMP
@@ -112,12 +132,7 @@ def capture(f: Callable, x_point: torch.Tensor) -> fx.GraphModule:
     if _DECOMP is None:
         _DECOMP = tr.decompositions()
 
-    def point_fn(x):
-        out = f(x)
-        if not isinstance(out, torch.Tensor):
-            out = torch.as_tensor(out, dtype=x.dtype, device=x.device)
-        return out
-
+    point_fn = one_output(f)
     try:
         with _user_frames_recorded():
             gm = make_fx(
@@ -286,6 +301,7 @@ def _emit_group(gm, graph, root, group: JetGroup, gi, collapsed, X, N, dev, x0no
                 env[node] = args[0][args[1]]
                 continue
             if not any(isinstance(a, Jet) for a in leaves):
+                tr.refuse_random_op(node.target, _user_line(node))
                 if node in const_env:
                     env[node] = const_env[node]
                     continue
@@ -425,15 +441,44 @@ def _nested_total(f, X: torch.Tensor, group: JetGroup, value: torch.Tensor) -> t
     return vmap(one)(X)
 
 
-def _run_nested(plan: Plan, f, X: torch.Tensor, return_grad: bool):
+#: Ops whose forward-mode AD torch gets wrong when the primal is batched by ``vmap`` (seen with torch 2.13:
+#: ``vmap(hessian(det))`` differs from the per-point Hessian for every point but the first).
+_VMAP_UNSAFE = ("linalg", "_linalg", "det", "logdet", "slogdet", "inverse", "cholesky", "lu", "triangular_solve")
+
+
+def _nested_program(f, x_point: torch.Tensor) -> tuple[Callable, bool]:
+    """The function nested AD differentiates, and whether it may be vmapped over points.
+
+    That is the captured ATen program (composite ops such as ``layer_norm`` decomposed, since torch's
+    higher-order forward AD of some fused kernels is wrong), or ``f`` itself if it cannot be captured once
+    (Python control flow on values).
+    """
+    try:
+        gm = capture(f, x_point.detach())
+    except BackendError:
+        return one_output(f), True
+    names = [getattr(n.target, "__name__", "") for n in gm.graph.nodes if n.op == "call_function"]
+    return gm, not any(name.startswith(_VMAP_UNSAFE) for name in names)
+
+
+def _run_nested(plan: Plan, f, X: torch.Tensor, return_grad: bool, program=None):
     from torch.func import jacrev, vmap
 
-    value = vmap(f)(X)
+    g, batchable, *tried = program if program is not None else _nested_program(f, X[0])
+    if isinstance(g, fx.GraphModule) and not tried:
+        try:
+            return _run_nested(plan, f, X, return_grad, (g, batchable, True))
+        except NotImplementedError:  # an op of the captured program that forward AD lacks (e.g. aten.copy)
+            return _run_nested(plan, f, X, return_grad, (one_output(f), batchable, True))
+    if not batchable:  # evaluate point by point: a batch of one is exact where vmap over points is not
+        parts = [_run_nested(plan, f, X[i : i + 1], return_grad, (g, True, True)) for i in range(X.shape[0])]
+        return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True))
+    value = vmap(g)(X)
     total = None
     for group in plan.groups:
-        t = _nested_total(f, X, group, value)
+        t = _nested_total(g, X, group, value)
         total = t if total is None else total + t
-    grad = vmap(jacrev(f))(X) if return_grad else None
+    grad = vmap(jacrev(g))(X) if return_grad else None
     return value, total, grad
 
 
@@ -477,9 +522,18 @@ class CompiledTorch:
         _check(method)
         self.plan, self.f, self.method, self.return_grad = plan, f, method, return_grad
         self._programs: dict[Any, JetProgram] = {}
-        if method != "nested":
-            X, _ = _as_batch(x_example)
+        self._nested: dict[Any, tuple[Callable, bool]] = {}
+        X, _ = _as_batch(x_example)
+        if method == "nested":
+            self.nested_program(X)
+        else:
             self.program(X)
+
+    def nested_program(self, X: torch.Tensor) -> tuple[Callable, bool]:
+        key = (X.dtype, X.device)
+        if key not in self._nested:
+            self._nested[key] = _nested_program(self.f, X[0])
+        return self._nested[key]
 
     def program(self, X: torch.Tensor) -> JetProgram:
         key = (X.dtype, X.device)
@@ -502,7 +556,7 @@ class CompiledTorch:
     def __call__(self, x):
         X, batched = _as_batch(x)
         if self.method == "nested":
-            return _unbatch(_run_nested(self.plan, self.f, X, self.return_grad), batched)
+            return _unbatch(_run_nested(self.plan, self.f, X, self.return_grad, self.nested_program(X)), batched)
         return _unbatch(self.program(X)(X), batched)
 
 

@@ -564,6 +564,15 @@ for _ops, _build in [
 ]:
     _defs(_ops, _layout_linear(_build))
 
+def _copy(E, dst, src, non_blocking=False):
+    """``dst.copy_(src)`` after functionalisation: the values of ``src`` broadcast to ``dst``'s shape."""
+    if not _is_jet(src) or (dst.dtype is not None and src.dtype is not None and dst.dtype != src.dtype):
+        raise _generic_needed
+    fn, shape = _expand(E, src, _shape(dst))
+    return linear(E, src, fn, shape)
+
+
+RULES[aten.copy] = _copy
 RULES[aten.sum.dim_IntList] = _layout_linear(_reducer(torch.sum))
 RULES[aten.sum.default] = _layout_linear(_reducer_all(torch.sum))
 RULES[aten.mean.dim] = _layout_linear(_reducer(torch.mean))
@@ -1158,12 +1167,36 @@ _RANDOM_OPS = {
 }
 
 
+def is_random_op(target) -> bool:
+    """Whether ``target`` draws random numbers (dropout, ``randn_like``, …): no Taylor expansion exists."""
+    name = getattr(target, "__name__", str(target))  # "bernoulli.p", "native_dropout.default", …
+    return name.split(".")[0] in _RANDOM_OPS
+
+
+def refuse_random_op(target, where) -> None:
+    if is_random_op(target):
+        raise UnsupportedPrimitiveError(
+            _op_name(target),
+            "torch",
+            where,
+            hint="random operations have no Taylor expansion (and would draw one sample for the whole batch); "
+            "remove them, e.g. call net.eval() to turn dropout off.",
+        )
+
+
 def generic_rule(E, target, args, kwargs, out_meta, where):
     """The fallback: emit a call of :func:`generic_call`, nested ``torch.func.jvp`` of ``target``."""
     name = _op_name(target)
-    if name.split(".")[0] in _RANDOM_OPS:
+    refuse_random_op(target, where)
+    if getattr(target, "namespace", None) == "prims":
+        # prims ops carry no derivative formula: torch.func.jvp would return a zero tangent without complaint
         raise UnsupportedPrimitiveError(
-            name, "torch", where, hint="random operations have no Taylor expansion; remove them (e.g. net.eval())."
+            name,
+            "torch",
+            where,
+            hint="torch's prims operations have no derivative formula, so no generic rule can differentiate them; "
+            "use the corresponding torch.* / aten operation, or register a rule with "
+            f"multijet.backends.torch.register_rule(torch.ops.{name}, rule).",
         )
     if STRICT:
         raise UnsupportedPrimitiveError(
@@ -1396,7 +1429,7 @@ def decompositions():
             aten.silu, aten.gelu, aten.elu, aten.celu, aten.selu, aten.mish, aten.hardswish, aten.hardsigmoid,
             aten.native_layer_norm, aten._softmax, aten._log_softmax, aten.logsumexp, aten.log_sigmoid_forward,
             aten.linalg_vector_norm, aten.logaddexp, aten.xlogy, aten.sigmoid_backward,
-            aten.native_group_norm, aten.addcmul, aten.addcdiv, aten.lerp, aten.hypot, aten.frac,
+            aten.native_group_norm, aten.addcmul, aten.addcdiv, aten.lerp, aten.frac,
             aten.glu, aten.softplus_backward, aten.norm, aten.dist, aten.cosine_similarity,
         ]
     )  # fmt: skip
