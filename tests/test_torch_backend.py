@@ -571,3 +571,19 @@ def test_compiled_shows_its_code():
     c = mj.compile(mj.Laplacian(), net, _randn(2, 3), backend="torch")
     assert "tanh" in c.code and "def forward" in c.code
     assert isinstance(c.graph_module, torch.fx.GraphModule)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_dtype_mismatch_with_parameters_is_named(method):
+    net = torch.nn.Linear(3, 1).double()
+    with pytest.raises(mj.BackendError, match="x is torch.float32 but the module's parameters are torch.float64"):
+        mj.laplacian(net, torch.randn(2, 3), method=method)
+
+
+def test_wrong_input_dimension_and_value_dependent_shapes_are_clear_errors():
+    with pytest.raises(mj.BackendError, match=r"one point of shape \(3,\)"):
+        mj.laplacian(torch.nn.Linear(5, 1).double(), _randn(2, 3))
+    with pytest.raises(mj.BackendError, match="value-dependent shape"):
+        mj.laplacian(lambda x: x[x > 0].sum() ** 2, _randn(2, 3))
+    with pytest.raises(ValueError, match="empty batch"):
+        mj.laplacian(lambda x: x.sum(), _randn(0, 3))

@@ -220,9 +220,13 @@ def _check_x(x):
         shape = x.shape
     if len(shape) not in (1, 2) or shape[-1] < 1:
         raise ValueError(f"x must have shape (D,) or (N, D) with D >= 1, got shape {tuple(shape)}")
+    if len(shape) == 2 and shape[0] == 0:
+        raise ValueError(f"x is an empty batch of shape {tuple(shape)}; pass at least one point")
     dtype = str(getattr(x, "dtype", ""))
     if "float" not in dtype:
-        raise TypeError(f"x must be a floating-point array (float32 or float64), got dtype {dtype or type(x).__name__}")
+        raise TypeError(
+            f"x must be a floating-point array (float64, or float32), got dtype {dtype or type(x).__name__}"
+        )
     return x
 
 

@@ -29,7 +29,7 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from .. import taylor
-from ..errors import BackendError, UnsupportedPrimitiveError
+from ..errors import BackendError, MultijetError, UnsupportedPrimitiveError
 from ..plan import JetGroup, Plan
 from . import torch_rules as tr
 from .torch_rules import Co, Cst, Emitter, Jet, register_rule
@@ -104,6 +104,21 @@ class _user_frames_recorded:
         return False
 
 
+class _quiet_fake_tensor_log:
+    """Silence torch's fake-tensor logger while capturing: a failing user op is reported once, by multijet."""
+
+    def __enter__(self):
+        import logging
+
+        self._log = logging.getLogger("torch._subclasses.fake_tensor")
+        self._level = self._log.level
+        self._log.setLevel(logging.CRITICAL)
+
+    def __exit__(self, *exc):
+        self._log.setLevel(self._level)
+        return False
+
+
 def one_output(f: Callable) -> Callable:
     """``f`` returning one tensor: a tuple/list of equally shaped outputs is stacked (as on every backend)."""
 
@@ -124,6 +139,29 @@ def one_output(f: Callable) -> Callable:
     return point_fn
 
 
+def _raise_if_data_dependent(e: Exception) -> None:
+    name = type(e).__name__
+    if "DataDependent" in name or "data-dependent" in str(e):
+        raise BackendError(
+            "the torch backend captures f once for all points, but f depends on the value of x through Python "
+            f"control flow or a value-dependent shape such as x[x > 0] ({name}: {str(e).splitlines()[0][:200]}). "
+            "Use torch.where / masks instead, or use backend='numpy' for per-point evaluation."
+        ) from e
+
+
+def _check_param_dtypes(f: Callable, dtype: torch.dtype) -> None:
+    """An ``nn.Module`` whose floating parameters have another dtype than ``x``: say so before torch fails."""
+    params = getattr(f, "parameters", None)
+    if not callable(params):
+        return
+    others = sorted({str(p.dtype) for p in params() if p.is_floating_point() and p.dtype != dtype})
+    if others:
+        raise BackendError(
+            f"x is {dtype} but the module's parameters are {', '.join(others)}; convert one to the other "
+            f"(e.g. net.to({dtype}) or x.to({others[0]}))"
+        )
+
+
 def capture(f: Callable, x_point: torch.Tensor) -> fx.GraphModule:
     """``make_fx`` of ``f`` at one point: functionalised ATen ops with source lines recorded."""
     global _DECOMP
@@ -132,9 +170,10 @@ def capture(f: Callable, x_point: torch.Tensor) -> fx.GraphModule:
     if _DECOMP is None:
         _DECOMP = tr.decompositions()
 
+    _check_param_dtypes(f, x_point.dtype)
     point_fn = one_output(f)
     try:
-        with _user_frames_recorded():
+        with _user_frames_recorded(), _quiet_fake_tensor_log():
             gm = make_fx(
                 torch.func.functionalize(point_fn, remove="mutations"),
                 decomposition_table=_DECOMP,
@@ -143,14 +182,14 @@ def capture(f: Callable, x_point: torch.Tensor) -> fx.GraphModule:
                 record_stack_traces=True,
             )(x_point)
     except Exception as e:  # data-dependent Python control flow cannot be captured once for all points
-        name = type(e).__name__
-        if "DataDependent" in name or "GuardOnDataDependent" in name or "data-dependent" in str(e):
-            raise BackendError(
-                "the torch backend captures f once for all points, but f branches on the value of x with Python "
-                f"control flow ({name}: {str(e).splitlines()[0][:200]}). Use torch.where / masks instead of "
-                "`if` on tensor values, or use backend='numpy' for per-point evaluation."
-            ) from e
-        raise
+        _raise_if_data_dependent(e)
+        if isinstance(e, MultijetError | NotImplementedError):
+            raise
+        raise BackendError(
+            f"calling f on one point of shape {tuple(x_point.shape)} and dtype {x_point.dtype} failed while "
+            f"capturing it ({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}). Check that f takes one "
+            "point of shape (D,) (it is vmapped over the batch) and returns a tensor."
+        ) from e
     gm.graph.eliminate_dead_code()
     return gm
 
@@ -233,7 +272,11 @@ def build(plan: Plan, f: Callable, x_example: torch.Tensor, *, method: str, retu
     for gi, group in enumerate(groups):
         is_grad_only = return_grad and gi == len(plan.groups) and gi == grad_from
         collapsed = method == "collapsed" and not is_grad_only
-        out_jet, E = _emit_group(gm, graph, root, group, gi, collapsed, X, N, dev, x0, dtype, device, const_env)
+        try:
+            out_jet, E = _emit_group(gm, graph, root, group, gi, collapsed, X, N, dev, x0, dtype, device, const_env)
+        except Exception as e:
+            _raise_if_data_dependent(e)
+            raise
         max_elems = max(max_elems, E.max_point_elems)
         if value is None:
             value = _value(E, out_jet)
@@ -453,6 +496,7 @@ def _nested_program(f, x_point: torch.Tensor) -> tuple[Callable, bool]:
     higher-order forward AD of some fused kernels is wrong), or ``f`` itself if it cannot be captured once
     (Python control flow on values).
     """
+    _check_param_dtypes(f, x_point.dtype)
     try:
         gm = capture(f, x_point.detach())
     except BackendError:
