@@ -152,3 +152,27 @@ def test_native_torch_module_chooses_among_methods(cache, timings):
     assert at.auto_backend(mj.Laplacian(), net, x) == "torch"
     with pytest.raises(mj.BackendError, match="runs only on 'torch'"):
         mj.autotune(mj.Laplacian(), net, x, backends=["numpy"])
+
+
+def test_auto_tunes_for_the_requested_method(cache, timings):
+    if len(available_backends()) < 2:
+        pytest.skip("needs a framework backend")
+    out = mj.laplacian(mlp_tanh, POINTS[:2], backend="auto", method="nested")  # NumPy has no nested AD
+    assert timings and all(name.endswith("/nested") and not name.startswith("numpy") for name in timings[0])
+    np.testing.assert_allclose(out, mj.laplacian(mlp_tanh, POINTS[:2]), rtol=1e-9)
+
+
+def test_program_id_tells_programs_apart_but_not_their_weights():
+    from array_api_compat import array_namespace
+
+    def make(kind, W):
+        def f(x):
+            xp = array_namespace(x)
+            return getattr(xp, kind)(xp.sum(W @ x))
+
+        return f
+
+    W = np.ones((4, 3))
+    assert at._program_id(make("tanh", W)) != at._program_id(make("sin", W))
+    assert at._program_id(make("tanh", W)) != at._program_id(make("tanh", np.ones((40, 3))))
+    assert at._program_id(make("tanh", W)) == at._program_id(make("tanh", 2 * W))

@@ -154,3 +154,35 @@ def test_operator_and_input_errors_are_raised_once():
         mj.compare(mj.Laplacian(), mlp_tanh, POINTS, methods=["fastest"])
     with pytest.raises(TypeError, match="operator spec"):
         mj.compare("laplacian", mlp_tanh, POINTS)
+
+
+def test_nans_in_the_same_places_agree():
+    _need("numpy")
+
+    def f(x):
+        from array_api_compat import array_namespace
+
+        xp = array_namespace(x)
+        return xp.sum(xp.sqrt(x))
+
+    x = np.array([[1.0, 2.0], [-1.0, 2.0]])
+    rep = mj.compare(mj.Laplacian(), f, x, backends=["numpy"])
+    assert np.isnan(rep.values["numpy/collapsed"][1]) and rep.passed, str(rep)
+
+
+def test_a_candidate_that_raises_fails_unless_allowed(monkeypatch):
+    module = _need("numpy")
+    original = module.run
+
+    def broken(plan, f, x, *, method, return_grad=False):
+        if method == "standard":
+            raise RuntimeError("planted failure")
+        return original(plan, f, x, method=method, return_grad=return_grad)
+
+    monkeypatch.setattr(module, "run", broken)
+    backends = [b for b in available_backends() if b != "numpy"][:1] + ["numpy"]
+    if len(backends) < 2:
+        pytest.skip("needs a second backend")
+    rep = mj.compare(mj.Laplacian(), mlp_tanh, POINTS, backends=backends)
+    assert not rep.passed and "numpy/standard" in rep.verdict() and "raised" in rep.verdict()
+    assert mj.compare(mj.Laplacian(), mlp_tanh, POINTS, backends=backends, allow_errors=True).passed

@@ -72,7 +72,7 @@ def apply(
     default for order 4), reproducible from ``seed``. ``return_grad=True`` returns ``(value, gradient,
     result)``.
     """
-    name, module = _backend(backend, x, op, f)
+    name, module = _backend(backend, x, op, f, method, samples, distribution)
     _check_method(method)
     X = _check_x(x)
     seed = _seed(module, seed)
@@ -150,7 +150,7 @@ def compile(
 
     A randomised compiled operator keeps its directions fixed (drawn once from ``seed``).
     """
-    name, module = _backend(backend, x_example, op, f)
+    name, module = _backend(backend, x_example, op, f, method, samples, distribution)
     _check_method(method)
     X = _check_x(x_example)
     seed = _seed(module, seed)
@@ -194,15 +194,20 @@ def _to_backend(x, name: str):
 # --- validation -----------------------------------------------------------------------------------------------
 
 
-def _backend(backend: str | None, x, op, f=None) -> tuple[str, Any]:
+def _backend(
+    backend: str | None, x, op, f=None, method: str = "collapsed", samples=None, distribution=None
+) -> tuple[str, Any]:
     if not isinstance(op, Operator):
         raise TypeError(f"expected an operator spec such as mj.Laplacian(), got {type(op).__name__}")
     if backend is None:
         backend = infer_backend(x)
-    elif backend == "auto":
+    elif backend == "auto":  # tuned for the method and estimator asked for, so the choice can run them
         from .autotune import auto_backend
 
-        backend = auto_backend(op, f, x)
+        _check_method(method)
+        backend = auto_backend(
+            op, f, x, method=method, samples=samples, distribution=_distribution(op, distribution, samples)
+        )
     if not isinstance(backend, str):
         raise BackendError(f"backend must be a string, got {type(backend).__name__}; installed: {available_backends()}")
     return backend, get_backend(backend)

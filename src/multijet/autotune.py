@@ -142,12 +142,13 @@ class TuneResult:
 
     def __rich__(self):  # pragma: no cover - exercised when rich prints the result
         from rich.console import Group
+        from rich.markup import escape
         from rich.table import Table
         from rich.text import Text
 
-        t = Table(*self._HEAD, title=self._title(), title_justify="left")
+        t = Table(*map(escape, self._HEAD), title=escape(self._title()), title_justify="left")
         for row in self._rows():
-            t.add_row(*row, style="bold green" if row[-1] == "fastest" else ("red" if row[2] == "—" else None))
+            t.add_row(*map(escape, row), style="bold green" if row[-1] == "fastest" else ("red" if row[2] == "—" else None))
         return Group(t, Text(self.summary(), style="bold"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -266,10 +267,40 @@ def _program_id(f) -> str:
     if torch is not None and isinstance(f, torch.nn.Module):
         shapes = [tuple(p.shape) for p in f.parameters()]
         return f"{type(f).__module__}.{type(f).__qualname__}{shapes}"
-    code = getattr(f, "__code__", None)
-    digest = hashlib.sha1(code.co_code).hexdigest()[:10] if code is not None else ""
+    h = hashlib.sha1()
+    _fingerprint(f, h, depth=0)
     name = getattr(f, "__qualname__", type(f).__qualname__)
-    return f"{getattr(f, '__module__', '?')}.{name}#{digest}"
+    return f"{getattr(f, '__module__', '?')}.{name}#{h.hexdigest()[:12]}"
+
+
+def _fingerprint(obj, h, depth: int) -> None:
+    """Feed what determines a function's program into ``h``: its code (bytecode, constants, names) and the
+    arrays and functions it reads from closures and globals (their shapes and dtypes)."""
+    code = getattr(obj, "__code__", None)
+    if code is not None and depth < 3:
+        h.update(code.co_code)
+        h.update(repr((code.co_consts, code.co_names)).encode())
+        cells = [c.cell_contents for c in (getattr(obj, "__closure__", None) or ()) if _has_contents(c)]
+        glb = getattr(obj, "__globals__", {})
+        for value in cells + [glb[n] for n in code.co_names if n in glb]:
+            _fingerprint(value, h, depth + 1)
+        return
+    shape = getattr(obj, "shape", None)
+    if shape is not None and hasattr(obj, "dtype"):
+        # not the contents: timings do not depend on them, and a training loop must not retune every step
+        h.update(repr((type(obj).__name__, tuple(shape), str(obj.dtype))).encode())
+    elif isinstance(obj, int | float | complex | str | bytes | bool | type(None)):
+        h.update(repr(obj).encode())
+    else:
+        h.update(type(obj).__qualname__.encode())
+
+
+def _has_contents(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
 
 
 def _jax_x64() -> bool:

@@ -54,9 +54,11 @@ def _table(title: str, head: list[str], rows: list[list[str]]) -> Any:
         from .compare import _plain_table
 
         return f"{title}\n\n{_plain_table(head, rows)}"
-    t = Table(*head, title=title, title_justify="left")
+    from rich.markup import escape
+
+    t = Table(*map(escape, head), title=escape(title), title_justify="left")
     for r in rows:
-        t.add_row(*r)
+        t.add_row(*map(escape, r))
     return t
 
 

@@ -102,6 +102,7 @@ class CompareReport:
     candidates: list[Candidate]
     pairs: list[PairDiff] = field(default_factory=list)
     samples: int | None = None
+    allow_errors: bool = False
 
     @property
     def results(self) -> list[Candidate]:
@@ -123,8 +124,9 @@ class CompareReport:
 
     @property
     def passed(self) -> bool:
-        """At least two results, and every pair of them within tolerance."""
-        return len(self.results) >= 2 and not self.failures
+        """At least two results, every pair of them within tolerance, and (unless ``allow_errors``) no
+        candidate that raised."""
+        return len(self.results) >= 2 and not self.failures and (self.allow_errors or not self.errors)
 
     @property
     def max_abs(self) -> float:
@@ -145,6 +147,11 @@ class CompareReport:
             return (
                 f"FAIL: {len(self.failures)} of {len(self.pairs)} pairs disagree "
                 f"(worst {worst.a} vs {worst.b}: max |diff| {worst.max_abs:.3g} > tol {worst.tol:.3g})"
+            )
+        if self.errors and not self.allow_errors:
+            return (
+                f"FAIL: {len(self.errors)} candidate(s) raised ({', '.join(self.errors)}); the other "
+                f"{len(self.results)} agree. Pass allow_errors=True to judge only the candidates that ran"
             )
         return (
             f"PASS: {len(self.results)} results agree (max |diff| {self.max_abs:.3g}, max rel {self.max_rel:.3g}, "
@@ -215,18 +222,19 @@ class CompareReport:
 
     def __rich__(self):  # pragma: no cover - exercised when rich prints the report
         from rich.console import Group
+        from rich.markup import escape
         from rich.table import Table
         from rich.text import Text
 
-        cand = Table(*self._CAND_HEAD, title=self._header(), title_justify="left")
+        cand = Table(*map(escape, self._CAND_HEAD), title=escape(self._header()), title_justify="left")
         for row in self._candidate_rows(preview=1):
-            cand.add_row(*row, style=None if row[-1] == "ok" else "red")
+            cand.add_row(*map(escape, row), style=None if row[-1] == "ok" else "red")
         out: list = [cand]
         if self.pairs:
             head, rows = self._matrix_rows()
-            matrix = Table(*head)
+            matrix = Table(*map(escape, head))
             for row in rows:
-                matrix.add_row(row[0].split()[0], *row[1:])
+                matrix.add_row(escape(row[0].split()[0]), *map(escape, row[1:]))
             out.append(matrix)
         out.append(Text(self.verdict(), style="bold green" if self.passed else "bold red"))
         return Group(*out)
@@ -264,6 +272,7 @@ def compare(
     seed: int = 0,
     rtol: float | None = None,
     atol: float | None = None,
+    allow_errors: bool = False,
 ) -> CompareReport:
     """Evaluate ``op`` on ``f`` at ``x`` with every backend × method and compare all pairs.
 
@@ -273,7 +282,8 @@ def compare(
     for JAX, float64 is switched on for the comparison only); a torch or JAX ``x`` keeps its dtype unless
     ``dtype`` is given. Randomised
     (``samples=S``) comparisons use the same ``seed``, hence the same directions, on every backend.
-    ``rtol`` / ``atol`` override :func:`tolerance`. A candidate that raises is reported, not fatal.
+    ``rtol`` / ``atol`` override :func:`tolerance`. A candidate that raises is reported, not fatal; it fails the
+    comparison unless ``allow_errors=True``.
     """
     if not isinstance(op, Operator):
         raise TypeError(f"expected an operator spec such as mj.Laplacian(), got {type(op).__name__}")
@@ -321,6 +331,7 @@ def compare(
     return CompareReport(
         operator=repr(op), shape=tuple(int(s) for s in x.shape), dtype=dt, order=order, rtol=rtol, atol=atol,
         reference=_reference(ok, native), native=native, candidates=candidates, pairs=pairs, samples=samples,
+        allow_errors=allow_errors,
     )  # fmt: skip
 
 
@@ -392,7 +403,7 @@ def _pair(a: Candidate, b: Candidate, rtol: float, atol: float) -> PairDiff:
         return PairDiff(a.name, b.name, 0.0, 0.0, atol, True)
     finite = np.isfinite(va) & np.isfinite(vb)
     if not finite.all():
-        same = np.array_equal(np.isnan(va), np.isnan(vb)) and np.array_equal(va[~finite], vb[~finite])
+        same = np.array_equal(va[~finite], vb[~finite], equal_nan=True)
         if not same:
             return PairDiff(a.name, b.name, float("inf"), float("inf"), 0.0, False, " (non-finite values differ)")
     diff = float(np.max(np.abs(va - vb)[finite], initial=0.0))
