@@ -9,7 +9,7 @@ machine do not turn spin-waiting thread pools into noise. Writes ``table1.json``
 per row into ``--out``.
 
     python benchmarks/table1.py                 # the full table (CPU-sized; about 5 minutes on 2 cores)
-    python benchmarks/table1.py --quick         # a tiny smoke run of every row (seconds to a minute)
+    python benchmarks/table1.py --quick         # a tiny smoke run of every row (a few minutes)
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def fmt(v: float | None, digits: int = 3) -> str:
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
+    """a / b for two slopes; None (shown as n/a) when either is not positive: below the measurement's resolution."""
+    return a / b if a is not None and b is not None and a > 0 and b > 0 else None
 
 
 def markdown(results: list[dict[str, Any]], machine: dict[str, Any], quick: bool, seconds: float) -> str:
@@ -115,8 +116,8 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], quick: bool
         randomised = cfg["vary"] == "samples"
         nested = {f["backend"]: f for f in res["fits"] if f["method"] == "nested"}
         for f in res["fits"]:
-            paper = {} if randomised else PAPER.get((base_key, f["backend"], f["method"]), {})
-            paper_nested = {} if randomised else PAPER.get((base_key, f["backend"], "nested"), {})
+            paper = {} if randomised or quick else PAPER.get((base_key, f["backend"], f["method"]), {})
+            paper_nested = {} if randomised or quick else PAPER.get((base_key, f["backend"], "nested"), {})
             n = nested.get(f["backend"], {})
             t_ratio = _ratio(f["time_ms_per_unit"], n.get("time_ms_per_unit"))
             m_ratio = _ratio(f["mem_differentiable_mib_per_unit"], n.get("mem_differentiable_mib_per_unit"))

@@ -117,6 +117,26 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _seed_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer seed, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return v
+
+
 def _name_list(choices: Sequence[str], what: str) -> Callable[[str], tuple[str, ...]]:
     def parse(text: str) -> tuple[str, ...]:
         names = tuple(t.strip() for t in text.split(",") if t.strip())
@@ -164,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--dtype", choices=("float32", "float64"), default=dtype, help="(default: %(default)s)")
         q.add_argument("--distribution", choices=DISTRIBUTIONS, default=None,
                        help="for randomised runs (default: rademacher; gaussian for the bi-Laplacian)")  # fmt: skip
-        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--seed", type=_seed_int, default=0)
 
     bench = sub.add_parser(
         "bench",
@@ -181,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", type=_positive_int, default=1, help="fixed batch size with --samples (default 1)")
     bench.add_argument("--repeats", type=_positive_int, default=20, help="timed rounds (default: %(default)s)")
     bench.add_argument("--warmup", type=_positive_int, default=2, help="warm-up calls (default: %(default)s)")
-    bench.add_argument("--budget", type=float, default=30.0, help="seconds of timing per size (default: %(default)s)")
+    bench.add_argument("--budget", type=_positive_float, default=30.0, help="seconds of timing per size (default: %(default)s)")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     bench.add_argument("--no-differentiable", action="store_true", help="skip the differentiable (torch) memory")
     bench.add_argument("--jobs", type=_positive_int, default=1, help="memory subprocesses in parallel")
@@ -219,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch", type=_positive_int, default=16, help="points N (default: %(default)s)")
     tune.add_argument("--samples", type=_positive_int, default=None, help="randomised with S samples")
     tune.add_argument("--repeats", type=_positive_int, default=15)
-    tune.add_argument("--budget", type=float, default=10.0, help="seconds of timed rounds (default: %(default)s)")
+    tune.add_argument("--budget", type=_positive_float, default=10.0, help="seconds of timed rounds (default: %(default)s)")
     tune.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     tune.add_argument("--retune", action="store_true", help="measure again and overwrite the cached result")
     return p
@@ -277,6 +297,15 @@ def _devices(backends: Sequence[str]) -> dict[str, list[str]]:
     return out
 
 
+def _writable_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {path}: cannot create the output directory ({e.strerror})") from None
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"--out {path}: the output directory is not writable")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from ._bench import BenchConfig, plot_bench, rerun_with_threads, run_bench
 
@@ -295,6 +324,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if not cfg.candidates():
         raise ValueError("no backend × method to run: the chosen backends offer none of the chosen methods")
+    _writable_dir(args.out)  # before the run, not after it
     stem = args.name or f"{args.operator}{'-randomised' if randomised else ''}-D{args.dim}"
     with _Progress(f"bench {stem}") as progress:
         result = run_bench(cfg, progress=progress)
