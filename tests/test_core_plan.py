@@ -10,6 +10,7 @@ import pytest
 
 import multijet as mj
 from multijet.plan import make_plan
+from multijet.spec import Bilaplacian, LinearOperator, WeightedLaplacian
 
 
 def _random_operator(rng, dim: int, orders, n_terms: int) -> mj.LinearOperator:
@@ -237,3 +238,25 @@ if given is not None:
         y = np.random.default_rng(seed).uniform(-1.5, 1.5, dim)
         want = _operator_on_exponential(op.coefficients(dim), y)
         assert _apply_to_exponential(plan, y) == pytest.approx(want, rel=1e-8, abs=1e-8)
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        LinearOperator({(0, 1, 1): 1e-13}),
+        1e-13 * LinearOperator({(1, 1, 1): 1.0}),
+        WeightedLaplacian(1e-13 * np.array([[1.0, 0.5, 0.0], [0.5, 1.0, 0.0], [0.0, 0.0, 0.0]])),
+        1e-14 * Bilaplacian(),
+    ],
+)
+def test_tiny_coefficients_are_kept_not_dropped(op):
+    """Tolerances are relative to the operator's own scale: a small operator is not a zero operator."""
+    plan = make_plan(op, 3)
+    want, got = op.coefficients(3), plan.coefficients()
+    for a, c in want.items():
+        assert abs(got.get(a, 0.0) - c) <= 1e-9 * abs(c), (a, c, got.get(a))
+    assert "direction" in str(plan)  # prints, and lists its directions
+
+
+def test_zero_operator_prints():
+    assert "zero operator" in str(make_plan(WeightedLaplacian(np.zeros((3, 3))), 3))

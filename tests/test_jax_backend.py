@@ -575,3 +575,81 @@ def test_rule_kinds_cover_the_core_primitives():
              ("gather", "linear"), ("scan", "control flow"), ("jit", "call")]  # fmt: skip
     for name, kind in kinds:
         assert mjax.KINDS[name] == kind
+
+
+# --- regressions: custom_jvp honoured, complex intermediates, no-reverse-mode programs, clear errors --------
+
+
+@jax.custom_jvp
+def _fixed_point(x):  # three iterations of y = cos(y)/2 + x; the jvp rule is the implicit-function one
+    return lax.fori_loop(0, 3, lambda i, y: 0.5 * jnp.cos(y) + x, x)
+
+
+@_fixed_point.defjvp
+def _fixed_point_jvp(primals, tangents):
+    y = _fixed_point(primals[0])
+    return y, tangents[0] / (1 + 0.5 * jnp.sin(y))
+
+
+@pytest.mark.parametrize("method", ["collapsed", "standard", "nested"])
+def test_custom_jvp_rule_is_used_like_nested_ad(method):
+    def f(x):
+        return jnp.sum(_fixed_point(x) ** 2)
+
+    np.testing.assert_allclose(mj.laplacian(f, XB, method=method), jax.vmap(partial(_lap, f))(XB), rtol=1e-10)
+    np.testing.assert_allclose(mj.bilaplacian(f, X0, method=method), _lap(partial(_lap, f), X0), rtol=1e-9)
+
+
+def test_relu_gradient_at_its_kink_matches_jax_grad():
+    def f(x):
+        return jax.nn.relu(x[0]) * x[1] ** 2 + jnp.sum(x**2)
+
+    x = jnp.array([0.0, 2.0, 1.0])
+    _, grad, lap = mj.laplacian(f, x, return_grad=True)
+    np.testing.assert_allclose(grad, jax.grad(f)(x))
+    np.testing.assert_allclose(lap, _lap(f, x))
+
+
+@pytest.mark.parametrize(
+    "f",
+    [
+        lambda x: jnp.abs(x[0] + 1j * x[1]) ** 2,
+        lambda x: jnp.abs(x[0] + 1j * x[1]) * x[2],
+        lambda x: jnp.sum(jnp.abs(jnp.fft.fft(x**2)) ** 2),
+    ],
+)
+def test_complex_intermediates(f):
+    np.testing.assert_allclose(mj.laplacian(f, XB), jax.vmap(partial(_lap, f))(XB), rtol=1e-10, atol=1e-12)
+
+
+def test_nested_method_without_reverse_mode():
+    def f(x):
+        return jnp.sum(lax.while_loop(lambda s: s[0] < 3, lambda s: (s[0] + 1, jnp.sin(s[1]) * x), (0, x))[1])
+
+    ref = jax.vmap(partial(_lap, f))(XB)
+    _, grad, lap = mj.laplacian(f, XB, method="nested", return_grad=True)
+    np.testing.assert_allclose(lap, ref, rtol=1e-10)
+    np.testing.assert_allclose(grad, jax.vmap(jax.jacfwd(f))(XB), rtol=1e-12)
+
+
+def test_primitive_without_derivative_is_named():
+    def f(x):
+        return jnp.sum(jax.pure_callback(np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x) ** 2)
+
+    with pytest.raises(mj.UnsupportedPrimitiveError, match="pure_callback.*test_jax_backend.py"):
+        mj.laplacian(f, X0)
+
+
+def test_operator_scaled_by_a_jax_scalar_and_traced_coefficients_are_refused():
+    f = partial(_poly)
+    np.testing.assert_allclose(
+        mj.apply(jnp.array(2.0) ** 2 * mj.Laplacian(), f, X0), 4 * mj.laplacian(f, X0), rtol=1e-12
+    )
+    with pytest.raises(TypeError, match="concrete numbers"):
+        jax.jit(lambda k: mj.apply(k * mj.Laplacian(), f, X0))(2.0)
+    with pytest.raises(TypeError, match="concrete numbers"):
+        jax.jit(lambda C: mj.weighted_laplacian(f, X0, C))(jnp.eye(D))
+
+
+def _poly(x):
+    return jnp.sum(x**3) * x[0]

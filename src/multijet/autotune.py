@@ -148,7 +148,8 @@ class TuneResult:
 
         t = Table(*map(escape, self._HEAD), title=escape(self._title()), title_justify="left")
         for row in self._rows():
-            t.add_row(*map(escape, row), style="bold green" if row[-1] == "fastest" else ("red" if row[2] == "—" else None))
+            style = "bold green" if row[-1] == "fastest" else ("red" if row[2] == "—" else None)
+            t.add_row(*map(escape, row), style=style)
         return Group(t, Text(self.summary(), style="bold"))
 
     def to_dict(self) -> dict[str, Any]:
@@ -297,8 +298,8 @@ def _fingerprint(obj, h, depth: int) -> None:
 
 def _has_contents(cell) -> bool:
     try:
-        cell.cell_contents
-    except ValueError:
+        _ = cell.cell_contents
+    except ValueError:  # an empty cell (a variable not yet assigned)
         return False
     return True
 

@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch", type=_positive_int, default=1, help="fixed batch size with --samples (default 1)")
     bench.add_argument("--repeats", type=_positive_int, default=20, help="timed rounds (default: %(default)s)")
     bench.add_argument("--warmup", type=_positive_int, default=2, help="warm-up calls (default: %(default)s)")
-    bench.add_argument("--budget", type=_positive_float, default=30.0, help="seconds of timing per size (default: %(default)s)")
+    bench.add_argument("--budget", type=_positive_float, default=30.0,
+                       help="seconds of timing per size (default: %(default)s)")
     bench.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     bench.add_argument("--no-differentiable", action="store_true", help="skip the differentiable (torch) memory")
     bench.add_argument("--jobs", type=_positive_int, default=1, help="memory subprocesses in parallel")
@@ -239,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch", type=_positive_int, default=16, help="points N (default: %(default)s)")
     tune.add_argument("--samples", type=_positive_int, default=None, help="randomised with S samples")
     tune.add_argument("--repeats", type=_positive_int, default=15)
-    tune.add_argument("--budget", type=_positive_float, default=10.0, help="seconds of timed rounds (default: %(default)s)")
+    tune.add_argument("--budget", type=_positive_float, default=10.0,
+                      help="seconds of timed rounds (default: %(default)s)")
     tune.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     tune.add_argument("--retune", action="store_true", help="measure again and overwrite the cached result")
     return p

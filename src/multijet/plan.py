@@ -94,9 +94,13 @@ class Plan:
                 if g.unit_axes is not None
                 else f"{g.size} direction(s)"
             )
-            w = np.unique(np.round(g.weights, 12))
-            wtxt = f"weights {w[0]:.6g}" if w.size == 1 else f"weights in [{w.min():.6g}, {w.max():.6g}]"
+            w = g.weights
+            same = np.allclose(w, w[0], rtol=1e-12, atol=0.0)
+            wtxt = f"weights {w[0]:.6g}" if same else f"weights in [{w.min():.6g}, {w.max():.6g}]"
             lines.append(f"  group {i}: order K={g.order}, R={g.size}, {g.label}; {dirs}; {wtxt}")
+            if g.unit_axes is None and g.order > 0 and g.size <= 12 and self.dim <= 8:
+                for v, wr in zip(g.directions, w, strict=True):
+                    lines.append(f"    w={wr: .6g}  v=[{', '.join(f'{c:.4g}' for c in v)}]")
         c, s = self.arrays("collapsed"), self.arrays("standard")
         lines.append(
             f"  arrays per node: collapsed {c}, standard {s}; estimated cost ratio collapsed/standard {c / s:.2f}"
@@ -218,6 +222,8 @@ def _plan_order2(atoms, dim, samples, distribution, rng) -> list[JetGroup]:
             c, atom = atoms[0]
             sigma = atom.factor
             keep = np.any(sigma != 0.0, axis=0)
+            if not keep.any():
+                return []
             return [JetGroup(2, sigma[:, keep].T.copy(), np.full(int(keep.sum()), c), "columns of the factor σ")]
         C = _matrix(atoms, dim)
         if only_laplacians or np.count_nonzero(C - np.diag(np.diag(C))) == 0:
@@ -227,7 +233,9 @@ def _plan_order2(atoms, dim, samples, distribution, rng) -> list[JetGroup]:
             label = "Laplacian" if only_laplacians else "diagonal C"
             return [JetGroup(2, np.eye(dim)[list(axes)], np.diag(C)[list(axes)].copy(), label, axes)]
         lam, Q = np.linalg.eigh(C)
-        keep = np.abs(lam) > 1e-12 * max(1.0, float(np.max(np.abs(lam))))
+        keep = np.abs(lam) > 1e-12 * float(np.max(np.abs(lam)))  # relative: a tiny C is not a zero C
+        if not keep.any():
+            return []
         return [JetGroup(2, Q[:, keep].T.copy(), lam[keep].copy(), "eigenvectors of C (rank-revealing)")]
     # randomised: v = σ u with E[u uᵀ] = I, so E[f_2(v)] = tr(σσᵀ ∇²f); an indefinite C splits into ± parts.
     if only_laplacians:
@@ -237,7 +245,7 @@ def _plan_order2(atoms, dim, samples, distribution, rng) -> list[JetGroup]:
     else:
         C = _matrix(atoms, dim)
         lam, Q = np.linalg.eigh(C)
-        tol = 1e-12 * max(1.0, float(np.max(np.abs(lam))))
+        tol = 1e-12 * float(np.max(np.abs(lam)))
         factors = []
         pos, neg = lam > tol, lam < -tol
         if pos.any():
@@ -293,7 +301,7 @@ def interpolation_directions(coefficients: dict[Alpha, float], order: int, dim: 
     M = np.array([[_fact_ratio(order, a) * np.prod(cand[r] ** np.array(a)) for r in range(len(cand))] for a in local])
     rhs = np.array([coefficients.get(_embed(a, support, dim), 0.0) for a in local])
     w = np.linalg.solve(M, rhs)
-    keep = np.abs(w) > 1e-13 * max(1.0, float(np.max(np.abs(w))))
+    keep = np.abs(w) > 1e-13 * float(np.max(np.abs(w), initial=0.0))
     dirs = np.zeros((int(keep.sum()), dim))
     dirs[:, support] = cand[keep]
     return dirs, w[keep]
@@ -368,7 +376,7 @@ def _verify(plan: Plan, op: Operator) -> None:
     ``Σ_r w_r (y·v_r)^K = Σ_α c_α y^α`` at random points ``y``, which the α-wise identity implies and, for
     generic ``y``, is implied by)."""
     want = op.coefficients(plan.dim)
-    scale = max([1.0] + [abs(v) for v in want.values()])
+    scale = max([abs(v) for v in want.values()], default=0.0) or 1.0  # relative to the operator's own size
     n_alpha = sum(math.comb(plan.dim + g.order - 1, g.order) * g.size for g in plan.groups)
     if n_alpha <= 200_000:
         got = plan.coefficients()

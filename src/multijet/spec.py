@@ -25,10 +25,29 @@ __all__ = [
 ]
 
 
+_CONCRETE = (
+    "operator specs are planned in Python, so their coefficients must be concrete numbers, not values traced "
+    "under jax.jit / jax.grad; build the operator outside the traced function"
+)
+
+
+def _concrete_float(value) -> float:
+    try:
+        return float(value)
+    except Exception as err:  # a JAX tracer raises a ConcretizationTypeError here
+        if "Tracer" in type(value).__name__ or "Concretization" in type(err).__name__:
+            raise TypeError(f"{_CONCRETE} (got {type(value).__name__})") from err
+        raise TypeError(f"an operator can be scaled by a real number, got {type(value).__name__}") from err
+
+
 def as_matrix(value, name: str) -> np.ndarray:
     """Copy a user's matrix (NumPy, torch, JAX, nested lists) into a float64 NumPy array."""
     if hasattr(value, "detach"):  # torch tensors, without importing torch
         value = value.detach().cpu().numpy()
+    if "Tracer" in type(value).__name__:
+        raise TypeError(f"{name}: {_CONCRETE} (got {type(value).__name__})")
+    if np.iscomplexobj(value) or np.iscomplexobj(np.asarray(value, dtype=object) if isinstance(value, list) else 0):
+        raise TypeError(f"{name} must be real, got complex entries")
     try:
         arr = np.array(value, dtype=np.float64)
     except (TypeError, ValueError) as err:
@@ -81,8 +100,12 @@ class Operator:
         return (-1.0) * self
 
     def __mul__(self, scalar: float) -> Operator:
-        if isinstance(scalar, Operator) or not isinstance(scalar, Real | np.number):
+        if isinstance(scalar, Operator):
             return NotImplemented
+        if not isinstance(scalar, Real | np.number):
+            if getattr(scalar, "shape", None) != ():  # a 0-d array of any framework is a scalar too
+                return NotImplemented
+            scalar = _concrete_float(scalar)
         return SumOperator(tuple((float(scalar) * c, atom) for c, atom in self.parts()))
 
     __rmul__ = __mul__

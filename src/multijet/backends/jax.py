@@ -10,7 +10,7 @@ and applies, per primitive, one of the shared rules of :mod:`multijet.taylor` ch
 * ``bilinear`` (mul, dot_general): Leibniz with the primitive as the product (a constant operand skips terms);
 * ``generic``: any other differentiable primitive, by nested ``jax.jvp`` of the primitive along the
   univariate Taylor polynomial of its inputs (exact at every order);
-* call-like and control-flow primitives (jit, custom_jvp_call, custom_vjp_call, checkpoint, cond, scan,
+* call-like and control-flow primitives (jit, custom_vjp_call, checkpoint, cond, scan,
   while) are interpreted recursively.
 
 Layout of a jet (``taylor``'s contract, specialised): a list ``[x_0, …, x_K]`` with ``None`` for structural
@@ -130,6 +130,10 @@ def _where(eqn) -> str | None:
         return source_info_util.summarize(eqn.source_info)
     except Exception:  # pragma: no cover - depends on JAX internals
         return None
+
+
+def _is_complex(aval) -> bool:
+    return jnp.issubdtype(getattr(aval, "dtype", jnp.float32), jnp.complexfloating)
 
 
 def _bind_fn(eqn) -> Callable:
@@ -309,6 +313,8 @@ def _eval_eqn(ctx: RuleContext, eqn, ins: list[Jet]) -> list[Jet]:
                 return [_fix(o, v.aval, ctx) for o, v in zip(outs, eqn.outvars, strict=True)]
         if KINDS.get(name) != "call":  # call-like primitives pass the symbolic seed on to their body
             ins = [_materialize(j) for j in ins]
+    if rule is not None and KINDS.get(name) == "elementwise" and any(_is_complex(v.aval) for v in eqn.invars):
+        rule = None  # the derivative tables are real (|z| is not holomorphic): nested jvp is exact for complex z
     if rule is None:
         if _STRICT[0]:
             raise UnsupportedPrimitiveError(
@@ -559,16 +565,15 @@ def _generic_rule(ctx: RuleContext, eqn, ins: list[Jet]) -> list[Jet]:
         if ctx.collapsed and any(ins[i][K] is not None for i in diff):
             tans = [ins[i][K] if ins[i][K] is not None else jnp.zeros(avals[i].shape, avals[i].dtype) for i in diff]
             lin_top = jax.jvp(sub, [primals[i] for i in diff], tans)[1]
-    except (NotImplementedError, TypeError, ValueError) as e:
-        if "ifferentiation rule" in str(e) or "not implemented" in str(e).lower() or isinstance(e, NotImplementedError):
-            raise UnsupportedPrimitiveError(
-                eqn.primitive.name,
-                NAME,
-                _where(eqn),
-                hint=f"JAX cannot differentiate it either ({e}). Register a Taylor rule with "
-                f"multijet.backends.jax.register_rule({eqn.primitive.name!r}, rule).",
-            ) from e
-        raise
+    except (NotImplementedError, TypeError, ValueError) as e:  # JAX could not take the nested jvp of it
+        raise UnsupportedPrimitiveError(
+            eqn.primitive.name,
+            NAME,
+            _where(eqn),
+            hint=f"the generic rule (nested jax.jvp) failed: JAX cannot differentiate it "
+            f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}). Register a Taylor rule with "
+            f"multijet.backends.jax.register_rule({eqn.primitive.name!r}, rule).",
+        ) from e
     outs = [[o] + [None] * K for o in outs0]
     for n, i in enumerate(out_ix):
         for k in range(1, K + 1):
@@ -773,9 +778,11 @@ register_rule("min", _max_min_rule, "selection")
 register_rule("clamp", _clamp_rule, "selection")
 register_rule("reduce_max", _reduce_chooser_rule, "selection")
 register_rule("reduce_min", _reduce_chooser_rule, "selection")
-for _n in ("jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
+for _n in ("jit", "pjit", "closed_call", "core_call", "custom_vjp_call",
            "custom_vjp_call_jaxpr", "checkpoint", "remat", "remat2"):  # fmt: skip
     register_rule(_n, _call_rule, "call")
+# custom_jvp_call: no rule, so the generic nested-jvp rule differentiates it *through the user's jvp rule*, as
+# nested AD does (its primal body may differ: an unrolled fixed-point solve, relu'(0), a callback).
 register_rule("cond", _cond_rule, "control flow")
 register_rule("scan", _scan_rule, "control flow")
 register_rule("while", _while_rule, "control flow")
@@ -847,9 +854,13 @@ def _nested_group(fun, x, spec: _GroupSpec, V, w):
             g, hv = jax.jvp(grad_f, (x,), (v,))
             return g, jnp.vdot(hv, v)
 
-        g, q = jax.vmap(hvp)(V)
-        grad = g[0] if spec.identity else None
-        return y, jnp.dot(w, q), grad
+        try:
+            g, q = jax.vmap(hvp)(V)
+        except (ValueError, TypeError) as e:  # no reverse mode (lax.while_loop, custom_vjp …): nested jvp below
+            _log.debug("multijet: nested AD falls back to forward-over-forward (%s)", e)
+        else:
+            grad = g[0] if spec.identity else None
+            return y, jnp.dot(w, q), grad
 
     def along(v):
         return _taylor_derivatives(lambda t: fun(x + t * v), K, jnp.zeros((), x.dtype))[K]
@@ -872,7 +883,10 @@ def _point(jaxpr, specs, method, return_grad, consts, x, arrays):
         grad = grad if grad is not None else g
     if return_grad and grad is None:
         if method == "nested":
-            grad = jax.jacrev(fun)(x)
+            try:
+                grad = jax.jacrev(fun)(x)
+            except (ValueError, TypeError):  # no reverse mode through f: forward mode gives the same Jacobian
+                grad = jax.jacfwd(fun)(x)
         else:
             D = x.shape[0]
             spec = _GroupSpec(1, D, True, True)
