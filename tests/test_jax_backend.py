@@ -549,8 +549,10 @@ def test_agrees_with_numpy_on_shared_programs():
 
 
 def test_errors():
-    with pytest.raises(TypeError, match="one array"):
-        mj.laplacian(lambda x: (x[0], x[1]), X0, backend="jax")
+    pair = mj.laplacian(lambda x: (x[0] ** 3, x[1] * x[2] ** 2), X0, backend="jax")  # stacked, as on every backend
+    np.testing.assert_allclose(pair, [6 * X0[0], 2 * X0[1]], rtol=1e-12)
+    with pytest.raises(TypeError, match="dict"):
+        mj.laplacian(lambda x: {"a": x[0], "b": x[1]}, X0, backend="jax")
     with pytest.raises(ValueError, match="nested"):
         mj.laplacian(f_mlp, X0, backend="jax", method="bogus")
 

@@ -926,11 +926,16 @@ def _runner(jaxpr, specs, method, return_grad) -> Callable:
     return fn
 
 
+_DICT_OUTPUT = "f returned a dict; return one array (or a tuple/list of equally shaped arrays, which are stacked)"
+
+
 def _stacked_output(f: Callable) -> Callable:
     """``f`` with a tuple/list of equally shaped outputs stacked into one array (as every backend does)."""
 
     def g(x):
         out = f(x)
+        if isinstance(out, dict):
+            raise TypeError(_DICT_OUTPUT)
         if isinstance(out, tuple | list):
             parts = [jnp.asarray(o) for o in out]
             if len({p.shape for p in parts}) > 1:

@@ -124,6 +124,8 @@ def one_output(f: Callable) -> Callable:
 
     def point_fn(x):
         out = f(x)
+        if isinstance(out, dict):
+            raise BackendError("f returned a dict; return one tensor (or a tuple/list of equally shaped tensors)")
         if isinstance(out, tuple | list):
             parts = [torch.as_tensor(o, dtype=x.dtype, device=x.device) for o in out]
             if len({tuple(p.shape) for p in parts}) > 1:
