@@ -602,14 +602,23 @@ def test_custom_jvp_rule_is_used_like_nested_ad(method):
     np.testing.assert_allclose(mj.bilaplacian(f, X0, method=method), _lap(partial(_lap, f), X0), rtol=1e-9)
 
 
-def test_relu_gradient_at_its_kink_matches_jax_grad():
+def test_custom_jvp_gradient_matches_jax_grad():
     def f(x):
-        return jax.nn.relu(x[0]) * x[1] ** 2 + jnp.sum(x**2)
+        return jnp.sum(_fixed_point(x) ** 2) * x[0]
 
-    x = jnp.array([0.0, 2.0, 1.0])
-    _, grad, lap = mj.laplacian(f, x, return_grad=True)
-    np.testing.assert_allclose(grad, jax.grad(f)(x))
-    np.testing.assert_allclose(lap, _lap(f, x))
+    _, grad, lap = mj.laplacian(f, X0, return_grad=True)
+    np.testing.assert_allclose(grad, jax.grad(f)(X0), rtol=1e-12)
+    np.testing.assert_allclose(lap, _lap(f, X0), rtol=1e-10)
+
+
+def test_jax_own_custom_jvp_functions_use_the_fast_body_path():
+    def f(x):
+        return jnp.sum(jax.nn.softplus(x) * jax.nn.relu(x - 0.1)) * x[1]
+
+    jaxpr = jax.make_jaxpr(f)(X0).jaxpr
+    calls = [e for e in jaxpr.eqns if e.primitive.name == "custom_jvp_call"]
+    assert calls and all(mjax._defined_in_jax(e) for e in calls)
+    np.testing.assert_allclose(mj.bilaplacian(f, XB), jax.vmap(partial(_lap, partial(_lap, f)))(XB), rtol=1e-9)
 
 
 @pytest.mark.parametrize(

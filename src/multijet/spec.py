@@ -46,7 +46,7 @@ def as_matrix(value, name: str) -> np.ndarray:
         value = value.detach().cpu().numpy()
     if "Tracer" in type(value).__name__:
         raise TypeError(f"{name}: {_CONCRETE} (got {type(value).__name__})")
-    if np.iscomplexobj(value) or np.iscomplexobj(np.asarray(value, dtype=object) if isinstance(value, list) else 0):
+    if np.iscomplexobj(value):
         raise TypeError(f"{name} must be real, got complex entries")
     try:
         arr = np.array(value, dtype=np.float64)

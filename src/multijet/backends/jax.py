@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -781,8 +782,27 @@ register_rule("reduce_min", _reduce_chooser_rule, "selection")
 for _n in ("jit", "pjit", "closed_call", "core_call", "custom_vjp_call",
            "custom_vjp_call_jaxpr", "checkpoint", "remat", "remat2"):  # fmt: skip
     register_rule(_n, _call_rule, "call")
-# custom_jvp_call: no rule, so the generic nested-jvp rule differentiates it *through the user's jvp rule*, as
-# nested AD does (its primal body may differ: an unrolled fixed-point solve, relu'(0), a callback).
+_JAX_DIR = os.path.dirname(os.path.abspath(jax.__file__))
+
+
+def _defined_in_jax(eqn) -> bool:
+    """Whether a ``custom_jvp_call``'s function is JAX's own (``jax.nn.relu``, ``logaddexp``, …)."""
+    info = getattr(getattr(eqn.params.get("call_jaxpr"), "jaxpr", None), "debug_info", None)
+    src = getattr(info, "func_src_info", None) or ""
+    return " at " in src and os.path.abspath(src.rsplit(" at ", 1)[1].rsplit(":", 1)[0]).startswith(_JAX_DIR)
+
+
+def _custom_jvp_rule(ctx, eqn, ins):
+    """A user's ``custom_jvp`` rule is honoured, as nested AD honours it (its body may compute another
+    derivative: an unrolled fixed-point solve, a callback), by the generic nested-jvp rule. JAX's own
+    ``custom_jvp`` functions (relu, softplus's logaddexp, …) define their rule for numerical stability or a
+    kink's value; their body is differentiated with the fast hand-written rules (equal away from kinks)."""
+    if _defined_in_jax(eqn):
+        return _call_rule(ctx, eqn, ins)
+    return _generic_rule(ctx, eqn, [_materialize(j) for j in ins])
+
+
+register_rule("custom_jvp_call", _custom_jvp_rule, "call")
 register_rule("cond", _cond_rule, "control flow")
 register_rule("scan", _scan_rule, "control flow")
 register_rule("while", _while_rule, "control flow")

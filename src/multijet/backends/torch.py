@@ -508,16 +508,21 @@ def _nested_program(f, x_point: torch.Tensor) -> tuple[Callable, bool]:
 
 
 def _run_nested(plan: Plan, f, X: torch.Tensor, return_grad: bool, program=None):
+    """Nested ``torch.func`` AD of the captured program (or of ``f`` where an op of it lacks forward AD)."""
+    g, batchable = program if program is not None else _nested_program(f, X[0])
+    try:
+        return _nested_batch(plan, g, X, return_grad, batchable)
+    except NotImplementedError:  # e.g. aten.copy from an in-place assignment has no forward-AD formula
+        if not isinstance(g, fx.GraphModule):
+            raise
+        return _nested_batch(plan, one_output(f), X, return_grad, batchable)
+
+
+def _nested_batch(plan: Plan, g, X: torch.Tensor, return_grad: bool, batchable: bool):
     from torch.func import jacrev, vmap
 
-    g, batchable, *tried = program if program is not None else _nested_program(f, X[0])
-    if isinstance(g, fx.GraphModule) and not tried:
-        try:
-            return _run_nested(plan, f, X, return_grad, (g, batchable, True))
-        except NotImplementedError:  # an op of the captured program that forward AD lacks (e.g. aten.copy)
-            return _run_nested(plan, f, X, return_grad, (one_output(f), batchable, True))
-    if not batchable:  # evaluate point by point: a batch of one is exact where vmap over points is not
-        parts = [_run_nested(plan, f, X[i : i + 1], return_grad, (g, True, True)) for i in range(X.shape[0])]
+    if not batchable:  # point by point: a batch of one is exact where vmap over points is not
+        parts = [_nested_batch(plan, g, X[i : i + 1], return_grad, True) for i in range(X.shape[0])]
         return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True))
     value = vmap(g)(X)
     total = None
