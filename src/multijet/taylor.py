@@ -44,6 +44,7 @@ class JetContext:
     order: int
     collapsed: bool
     wsum: Callable[[Array], Array]
+    wdot: Callable[[Array, Array], Array] | None = None  # Σ_r w_r a_r b_r without the product (optional)
 
 
 # --- combinatorics ---------------------------------------------------------------------------------------
@@ -131,17 +132,31 @@ def elementwise(x: Coeffs, y0: Array, derivs: Sequence[Array | None], ctx: JetCo
             g = derivs[m - 1]
             if g is None:
                 continue
-            inner = None
-            for count, parts in terms:
-                prod = _product_of(x, parts)
-                if prod is not None:
-                    inner = _add(inner, _mul_const(count, prod))
+            if top and m >= 2 and ctx.wdot is not None:
+                inner = _summed_products(x, terms, ctx)
+            else:
+                inner = None
+                for count, parts in terms:
+                    prod = _product_of(x, parts)
+                    if prod is not None:
+                        inner = _add(inner, _mul_const(count, prod))
+                if inner is not None and top and m >= 2:
+                    inner = ctx.wsum(inner)
             if inner is None:
                 continue
-            if top and m >= 2:
-                inner = ctx.wsum(inner)
             total = _add(total, g * inner)
         out[k] = total
+    return out
+
+
+def _summed_products(x: Coeffs, terms, ctx: JetContext):
+    """``Σ_r w_r Σ count · Π x_p`` with each product's last factor folded into ``ctx.wdot``."""
+    out = None
+    for count, parts in terms:
+        if any(x[p] is None for p in parts):
+            continue
+        head = _product_of(x, parts[:-1])
+        out = _add(out, _mul_const(count, ctx.wdot(head, x[parts[-1]])))
     return out
 
 

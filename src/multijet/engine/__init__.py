@@ -1,0 +1,39 @@
+"""The shared jet engine: one program form, one schedule, one propagation, run by every backend.
+
+* :mod:`.program` — :class:`Program`, the normalised form every capture produces;
+* :mod:`.kinds` — the kinds of equation and the native callables a backend supplies for each;
+* :mod:`.schedule` — structural zeros, direction dependence and collapse points, computed once;
+* :mod:`.propagate` — the interpreter loop with the shared rules (:mod:`.rules`, :mod:`.selection`,
+  :mod:`.generic`, :mod:`.control`);
+* :mod:`.run` — seeding the plan's jet groups and reading off value, operator and gradient.
+
+Framework-free: nothing here imports torch or jax.
+"""
+
+from . import kinds
+from .config import GenericRuleWarning, is_strict, set_strict
+from .context import Context, Identity, Layout
+from .program import Equation, Program, Var
+from .propagate import propagate
+from .run import GroupSpec, evaluate, group_specs, schedule_for
+from .schedule import Schedule, make_schedule
+
+__all__ = [
+    "kinds",
+    "Program",
+    "Equation",
+    "Var",
+    "Context",
+    "Identity",
+    "Layout",
+    "Schedule",
+    "make_schedule",
+    "propagate",
+    "evaluate",
+    "group_specs",
+    "GroupSpec",
+    "schedule_for",
+    "set_strict",
+    "is_strict",
+    "GenericRuleWarning",
+]
