@@ -174,9 +174,13 @@ def _square(xp, x0, y0, K, **_):
 
 
 @register("abs")
-def _abs(xp, x0, y0, K, **_):
-    """``|x|' = sign x``; higher derivatives vanish almost everywhere."""
-    return [xp.sign(x0)] + [None] * (K - 1)
+def _abs(xp, x0, y0, K, *, at_zero: float = 0.0, **_):
+    """``|x|' = sign x`` (``at_zero`` at the kink: 0 in torch, 1 in JAX's own AD); higher derivatives vanish
+    almost everywhere."""
+    s = xp.sign(x0)
+    if at_zero:
+        s = s + (s == 0) * at_zero
+    return [s] + [None] * (K - 1)
 
 
 @register("relu")

@@ -219,10 +219,21 @@ def defined_in_jax(eqn) -> bool:
     return " at " in src and os.path.abspath(src.rsplit(" at ", 1)[1].rsplit(":", 1)[0]).startswith(_JAX_DIR)
 
 
+#: JAX's own custom_jvp functions whose rule is a derivative table (their kink convention included)
+_OWN_ELEMENTWISE = {"relu": "relu"}  # relu'(0) = 0, as jax.nn.relu's rule
+
+
 def _custom_jvp(eqn, cap):
     """JAX's own custom_jvp functions (relu, logaddexp, …) keep their body with the fast rules (equal away
-    from kinks); a user's custom_jvp rule is honoured as nested AD honours it, by the generic rule."""
-    return _call(eqn, cap) if defined_in_jax(eqn) else None
+    from kinks; relu by its table, so also at 0); a user's custom_jvp rule is honoured as nested AD honours
+    it, by the generic rule."""
+    if not defined_in_jax(eqn):
+        return None
+    info = getattr(eqn.params["call_jaxpr"].jaxpr, "debug_info", None)
+    table = _OWN_ELEMENTWISE.get(getattr(info, "func_name", None))
+    if table is not None and len(eqn.invars) == 1:
+        return kinds.Elementwise(_lifted(eqn), table)
+    return _call(eqn, cap)
 
 
 def _scan(eqn, cap):
@@ -256,6 +267,7 @@ def _cond(eqn, cap):
 for _n in ("tanh", "logistic", "sin", "cos", "tan", "asin", "acos", "atan", "asinh", "acosh", "atanh", "sinh",
            "cosh", "exp", "expm1", "log", "log1p", "sqrt", "rsqrt", "square", "abs", "erf"):  # fmt: skip
     register_rule(_n, _elementwise(), "elementwise")
+register_rule("abs", lambda eqn, cap: kinds.Elementwise(_lifted(eqn), "abs", {"at_zero": 1.0}), "elementwise")
 register_rule("pow", _pow, "elementwise")
 register_rule("integer_pow", _elementwise("pow", exponent="y"), "elementwise")
 for _n in ("sign", "floor", "ceil", "round", "stop_gradient", "nextafter", "is_finite"):
