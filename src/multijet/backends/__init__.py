@@ -14,7 +14,7 @@ from types import ModuleType
 
 from ..errors import BackendError
 
-__all__ = ["available_backends", "get_backend", "infer_backend", "BACKENDS"]
+__all__ = ["available_backends", "get_backend", "infer_backend", "register_backend", "BACKENDS"]
 
 #: backend name → (module implementing it, framework it needs)
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -22,6 +22,14 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "torch": ("multijet.backends.torch", "torch"),
     "jax": ("multijet.backends.jax", "jax"),
 }
+
+
+def register_backend(name: str, module: str, framework: str) -> None:
+    """Add a backend: ``module`` (dotted name, imported on first use) implements the module protocol above
+    for arrays of ``framework`` (an importable package). See docs/ARCHITECTURE.md, "A new backend"."""
+    if not isinstance(name, str) or not name.isidentifier() or name in ("auto",):
+        raise ValueError(f"a backend name must be an identifier other than 'auto', got {name!r}")
+    BACKENDS[name] = (module, framework)
 
 
 def _implemented(name: str) -> bool:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .. import extend
 from ..engine import kinds
 
 __all__ = ["RULES", "KINDS", "bind_fn", "lift", "map_lead", "register_rule"]
@@ -303,3 +304,11 @@ register_rule("custom_jvp_call", _custom_jvp, "call")
 register_rule("cond", _cond, "cond")
 register_rule("scan", _scan, "scan")
 register_rule("while", _while, "while")
+
+
+def _registered_elementwise(name: str, prim) -> None:
+    """A function registered with :func:`multijet.extend.register_elementwise` for JAX."""
+    register_rule(getattr(prim, "name", prim), _elementwise(name), "elementwise")
+
+
+extend.on_register("jax", _registered_elementwise)
