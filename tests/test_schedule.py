@@ -79,7 +79,7 @@ def test_marked_zeros_are_zero(name, order, collapsed):
         v = jnp.asarray(R.normal(size=3))
         dense = _dense(closed, x0, v, order)
         assert len(dense) == len(engine_outs)
-        for (jv, coeffs), ev in zip(dense.items(), engine_outs, strict=True):
+        for (_jv, coeffs), ev in zip(dense.items(), engine_outs, strict=True):
             info = sched.info(ev)
             for k in range(1, order + 1):
                 if info.zero(k):

@@ -1,4 +1,4 @@
-"""The planner: operator spec + dimension (+ randomisation) → jet groups ``Σ_r w_r f_K(v_r)`` (MATH.md §3–4).
+"""The planner: operator spec + dimension (+ randomisation) → jet groups ``Σ_r w_r f_K(v_r)`` (docs/MATH.md §3–4).
 
 Framework-free. Every exact plan is verified against the operator's dense coefficients before it is
 returned: an inexact plan is never handed to an executor.

@@ -1,4 +1,4 @@
-"""Shared Taylor arithmetic (MATH.md §1–2), written once against whatever arrays the executor passes.
+"""Shared Taylor arithmetic (docs/MATH.md §1–2), written once against whatever arrays the executor passes.
 
 A jet of order K is a list ``[x_0, x_1, …, x_K]`` of derivative-normalised coefficients; ``None`` marks a
 coefficient that is structurally zero, and every rule skips the terms it would multiply. The layout
@@ -121,7 +121,7 @@ def elementwise(x: Coeffs, y0: Array, derivs: Sequence[Array | None], ctx: JetCo
     """Faà di Bruno for ``y = g(x)``: ``y_k = Σ_{partitions π of {1..k}} g^{(|π|)}(x_0) Π_{B∈π} x_{|B|}``.
 
     ``derivs[m − 1] = g^{(m)}(x_0)`` for ``m = 1..K`` (``None`` where it is identically zero). Collapsed,
-    the top coefficient is ``S_K(y) = g' S_K(x) + Σ_{m≥2} g^{(m)} Σ_r w_r [Π …]^{(r)}`` (MATH.md §2).
+    the top coefficient is ``S_K(y) = g' S_K(x) + Σ_{m≥2} g^{(m)} Σ_r w_r [Π …]^{(r)}`` (docs/MATH.md §2).
     """
     K = ctx.order
     out: Coeffs = [y0] + [None] * K

@@ -21,7 +21,7 @@ from ..engine import kinds
 
 __all__ = ["RULES", "KINDS", "bind_fn", "lift", "map_lead", "register_rule"]
 
-#: primitive name → builder(eqn, cap) -> kind record 
+#: primitive name → builder(eqn, cap) -> kind record
 RULES: dict[str, Callable] = {}
 #: primitive name → kind name (for printing and tests)
 KINDS: dict[str, str] = {}

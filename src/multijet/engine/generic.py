@@ -1,7 +1,7 @@
 """The generic rule: exact Taylor coefficients of any differentiable primitive by nested forward-mode AD.
 
 Per direction, ``y_k = d^k/dt^k p(Σ_j x_j t^j / j!)`` at ``t = 0`` (nested jvp of the primitive along the
-univariate Taylor polynomial of its inputs). Collapsed, the top enters linearly (MATH.md §2):
+univariate Taylor polynomial of its inputs). Collapsed, the top enters linearly (docs/MATH.md §2):
 ``S_K(y) = J S_K(x) + Σ_r w_r [y_K^{(r)} with x_K = 0]``. The backend supplies its forward mode (``jvp``),
 a map over the leading axes, and how to run the computation natively (:class:`multijet.engine.kinds.Generic`).
 """

@@ -1,4 +1,4 @@
-"""The Taylor rules of the algebraic kinds (MATH.md §1–2 of the project's maths notes), written once.
+"""The Taylor rules of the algebraic kinds (docs/MATH.md §1–2), written once.
 
 Each rule is ``rule(ctx, eqn, ins) -> outs``: ``ins`` are the operands' jets ``[x_0, …, x_K]`` in the
 propagation layout (``None`` = structurally zero), ``outs`` one jet per output. The native work is done by
