@@ -26,7 +26,7 @@ def agreement(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "src", "tests")
+    session.run("ruff", "check", "src", "tests", "examples", "benchmarks")
 
 
 @nox.session(default=False)

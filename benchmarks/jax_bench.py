@@ -1,4 +1,4 @@
-"""JAX backend benchmarks (issue 3, item 6): collapsed Taylor mode against nested AD, standard Taylor mode,
+"""JAX backend benchmarks: collapsed Taylor mode against nested AD, standard Taylor mode,
 folx and ``jax.experimental.jet`` on the paper's network; randomised Laplacian; bi-Laplacian at D=5;
 trace-plus-compile time; peak memory in separate processes.
 
@@ -6,6 +6,7 @@ trace-plus-compile time; peak memory in separate processes.
                                               # benchmarks/results/jax.json and the "## JAX" section of
                                               # benchmarks/README.md
     python benchmarks/jax_bench.py --quick    # fewer repetitions, batch 64 only
+    python benchmarks/jax_bench.py --quick --out /tmp/jax.json --no-readme   # leave the stored results alone
 
 Timing: every function is jitted and warmed up, then all methods of one configuration are timed in an
 interleaved loop (method order rotated each round) with ``jax.block_until_ready``; we report the minimum and
@@ -391,6 +392,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-child", nargs=4, metavar=("METHOD", "DTYPE", "N", "D"))
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results JSON (default: %(default)s)")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite the JAX section of the README")
     args = ap.parse_args()
     if args.memory_child:
         m, dt, N, D = args.memory_child
@@ -454,9 +457,10 @@ def main() -> None:
     if not args.no_memory:
         res["memory"] = {"dtype": "float64", "N": 256, "methods": memory("float64", 256, D)}
         print("memory", res["memory"], flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(res, indent=2))
-    write_readme(markdown(res))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2))
+    if not args.no_readme:
+        write_readme(markdown(res))
     print(markdown(res))
 
 

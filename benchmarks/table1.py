@@ -4,7 +4,7 @@ Rows: exact Laplacian and weighted Laplacian at D=50, bi-Laplacian at D=5, and t
 nested / standard / collapsed; every installed backend. Network: the paper's tanh MLP D→768→768→512→512→1.
 For each row the operator is timed at several batch sizes (or sample counts at a fixed batch) with interleaved
 repetitions, peak memory is measured in one subprocess per configuration, and straight lines are fitted
-(multijet._bench). Frameworks run with one thread each by default (``--threads``), so that other jobs on the
+(multijet.bench). Frameworks run with one thread each by default (``--threads``), so that other jobs on the
 machine do not turn spin-waiting thread pools into noise. Writes ``table1.json``, ``table1.md`` and one PNG
 per row into ``--out``.
 
@@ -22,27 +22,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-from multijet._bench import PAPER_WIDTHS, BenchConfig, machine_info, plot_bench, rerun_with_threads, run_bench
+from multijet.bench import PAPER_WIDTHS, BenchConfig, machine_info, plot_bench, rerun_with_threads, run_bench
 
 HERE = Path(__file__).resolve().parent
 
-# The paper's GPU figures (NVIDIA RTX 6000, PyTorch), only those quoted in the project's shared documents; every
-# other cell is "n/a" rather than a guess. Keys: (row, backend, method) → {metric: value}.
+# The paper's GPU figures (NVIDIA RTX 6000, PyTorch), only the few cells whose values are known here; every other
+# cell is "n/a" rather than a guess. Keys: (row, backend, method) → {metric: value}.
 PAPER: dict[tuple[str, str, str], dict[str, float]] = {
-    # issue 4 quotes "2.06 vs 4.42 MiB per datum on a GPU" for the differentiable peak memory of the exact
-    # Laplacian on the paper's network (collapsed vs nested).
+    # the differentiable peak memory of the exact Laplacian on the paper's network, collapsed vs nested:
+    # 2.06 vs 4.42 MiB per datum on a GPU.
     ("laplacian", "torch", "collapsed"): {"mem_differentiable": 2.06},
     ("laplacian", "torch", "nested"): {"mem_differentiable": 4.42},
-    # MATH.md §3: the exact bi-Laplacian at D=5 with collapsed Taylor mode (interpolation) in PyTorch.
+    # the exact bi-Laplacian at D=5 with collapsed Taylor mode (the paper's interpolation scheme) in PyTorch.
     ("bilaplacian", "torch", "collapsed"): {"time": 0.686},
 }
 PAPER_NOTES = [
-    "Paper figures are from an NVIDIA RTX 6000 GPU (24 GiB); only the figures quoted in the project's shared "
-    "documents are shown, every other paper cell is n/a.",
-    "2.06 / 4.42 MiB per datum: differentiable peak memory of the exact Laplacian, collapsed vs nested "
-    "(quoted in issue 4).",
-    "0.686 ms per datum: exact bi-Laplacian at D=5, collapsed interpolation in PyTorch (MATH.md §3); the paper "
-    "reports 0.289 ms per datum for nested forward Laplacians Δ(Δf) in JAX, a route not in this table.",
+    "Paper figures are from an NVIDIA RTX 6000 GPU (24 GiB); only the few known here are shown, every other "
+    "paper cell is n/a.",
+    "2.06 / 4.42 MiB per datum: differentiable peak memory of the exact Laplacian, collapsed vs nested.",
+    "0.686 ms per datum: exact bi-Laplacian at D=5, collapsed interpolation in PyTorch; the paper reports "
+    "0.289 ms per datum for nested forward Laplacians Δ(Δf) in JAX, a route not in this table.",
 ]
 
 

@@ -1,11 +1,12 @@
-"""PyTorch backend benchmarks (issue 4, item 6): collapsed vs standard Taylor mode vs nested torch.func AD.
+"""PyTorch backend benchmarks: collapsed vs standard Taylor mode vs nested torch.func AD.
 
 The paper's network: tanh MLP D → 768 → 768 → 512 → 512 → 1, float64, CPU. All methods of one table run
 interleaved (round-robin, medians), so machine load affects them alike. Peak memory is the growth of the
 maximum resident set size of a fresh subprocess that runs one differentiable evaluation (graph kept).
 The paper's own code (torch-jet) cannot be fetched here, so there is no comparison with it.
 
-    python benchmarks/torch_bench.py [--quick] [--out benchmarks/results/torch.json]
+    python benchmarks/torch_bench.py [--quick] [--out benchmarks/results/torch.json]   # --quick: fewer
+                                                                                       # repetitions, N=64 only
 """
 
 from __future__ import annotations
@@ -242,7 +243,7 @@ def markdown(results: dict) -> str:
         f"Build (capture + emit): collapsed Laplacian D=50 {bt['laplacian_D50']['warm_median'] * 1e3:.0f} ms "
         f"(first in a process {bt['laplacian_D50']['first_in_process']:.2f} s, torch's one-off make_fx warm-up); "
         f"bi-Laplacian D=5 {bt['bilaplacian_D5']['warm_median'] * 1e3:.0f} ms.",
-        f"Bi-Laplacian directions at D=5: {b['directions']} (MATH.md's D² set) vs "
+        f"Bi-Laplacian directions at D=5: {b['directions']} (multijet's D² set) vs "
         f"{b['paper_interpolation_directions']:.1f} "
         f"(the paper's 1.5·D² interpolation set); collapsed arrays per node {b['arrays_collapsed']} vs "
         f"{b['arrays_collapsed_paper_set']:.0f}.",
@@ -262,6 +263,7 @@ def main() -> None:
         _memory_child(args.memory_child[0], int(args.memory_child[1]))
         return
     reps = 3 if args.quick else 7
+    batches = (64,) if args.quick else (64, 256)
     results: dict = {
         "machine": {
             "python": platform.python_version(),
@@ -275,7 +277,7 @@ def main() -> None:
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     steps = [
         ("build", build_times),
-        ("laplacian", lambda: [laplacian_table(N, reps if N == 64 else max(3, reps - 2)) for N in (64, 256)]),
+        ("laplacian", lambda: [laplacian_table(N, reps if N == 64 else max(3, reps - 2)) for N in batches]),
         ("bilaplacian", lambda: bilaplacian_table(16, reps)),
         ("memory", lambda: memory_table(64)),
         ("randomised", lambda: randomised_table(max(3, reps - 2), (4, 16) if args.quick else (4, 16, 64))),

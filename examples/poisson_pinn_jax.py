@@ -23,7 +23,8 @@ jax.config.update("jax_enable_x64", True)
 def init(key, sizes=(2, 32, 32, 1)):
     keys = jax.random.split(key, len(sizes) - 1)
     return [
-        (jax.random.normal(k, (m, n)) / jnp.sqrt(n), jnp.zeros(m)) for k, n, m in zip(keys, sizes[:-1], sizes[1:])
+        (jax.random.normal(k, (m, n)) / jnp.sqrt(n), jnp.zeros(m))
+        for k, n, m in zip(keys, sizes[:-1], sizes[1:], strict=True)
     ]
 
 

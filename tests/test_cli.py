@@ -35,6 +35,21 @@ def test_entry_point_is_declared():
     assert out.returncode == 0 and "multijet" in out.stdout
 
 
+def test_python_dash_m_multijet_runs_the_command_line():
+    out = subprocess.run([sys.executable, "-m", "multijet", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: multijet") and "autotune" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "multijet", "frobnicate"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "usage" in bad.stderr
+
+
+def test_run_all_benchmarks_help():
+    script = ROOT / "benchmarks" / "run_all.py"
+    out = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "--quick" in out.stdout and "--timeout" in out.stdout
+
+
 def test_info(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
@@ -169,7 +184,7 @@ def test_bench_threads_reruns_with_thread_limits(tmp_path):
 
 def test_tools_import_no_framework():
     code = (
-        "import sys, multijet, multijet.cli, multijet.compare, multijet.autotune, multijet._bench; "
+        "import sys, multijet, multijet.cli, multijet.compare, multijet.autotune, multijet.bench; "
         "print([m for m in ('torch', 'jax', 'matplotlib', 'rich') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,12 +7,34 @@
 Importing multijet imports neither torch nor jax; a backend's framework is imported when it is used.
 """
 
-from .api import Compiled, apply, available_backends, bilaplacian, compile, laplacian, plan, weighted_laplacian
+from .api import (
+    Compiled,
+    apply,
+    available_backends,
+    bilaplacian,
+    compile,
+    laplacian,
+    plan,
+    register_auto_backend,
+    weighted_laplacian,
+)
 from .errors import BackendError, MultijetError, PlanError, UnsupportedPrimitiveError
 from .plan import JetGroup, Plan
 from .spec import Bilaplacian, Laplacian, LinearOperator, Operator, SumOperator, WeightedLaplacian
 
 __version__ = "0.1.0"
+
+
+def _auto_backend(op, f, x, **kwargs) -> str:
+    """``backend="auto"``: :func:`multijet.autotune.auto_backend`, loaded on the first call."""
+    from .autotune import auto_backend
+
+    return auto_backend(op, f, x, **kwargs)
+
+
+# api sits below autotune in the import graph; the package (above both) connects them
+register_auto_backend(_auto_backend)
+del register_auto_backend
 
 
 def __getattr__(name: str):

@@ -21,7 +21,24 @@ __all__ = [
     "plan",
     "available_backends",
     "Compiled",
+    "register_auto_backend",
 ]
+
+#: ``backend="auto"`` resolution, ``(op, f, x, *, method, samples, distribution) -> backend name``. This module
+#: sits below :mod:`multijet.autotune` (which uses ``plan`` and ``compile``) and never imports it: the package
+#: registers a resolver that loads autotune on first use (see ``multijet/__init__.py``).
+_auto_backend: Callable[..., str] | None = None
+
+
+def register_auto_backend(resolver: Callable[..., str] | None) -> Callable[..., str] | None:
+    """Install the function that ``backend="auto"`` calls to choose a backend; returns the previous one.
+
+    ``resolver(op, f, x, *, method, samples, distribution)`` returns a backend name. ``import multijet``
+    installs one that runs :func:`multijet.autotune.auto_backend`; None uninstalls it.
+    """
+    global _auto_backend
+    previous, _auto_backend = _auto_backend, resolver
+    return previous
 
 
 def laplacian(f: Callable, x, **kwargs):
@@ -126,6 +143,14 @@ class Compiled:
         return code
 
     @property
+    def schedule(self) -> str:
+        """The engine's schedule per jet group: structural zeros, direction dependence, where Σ_r w_r forms."""
+        text = getattr(self._fn, "schedule", None)
+        if text is None:
+            raise AttributeError(f"the {self.backend!r} backend keeps no schedule for method={self.method!r}")
+        return text
+
+    @property
     def graph_module(self):
         """The emitted ``torch.fx.GraphModule`` (torch backend; None elsewhere)."""
         return getattr(self._fn, "graph_module", None)
@@ -202,10 +227,13 @@ def _backend(
     if backend is None:
         backend = infer_backend(x)
     elif backend == "auto":  # tuned for the method and estimator asked for, so the choice can run them
-        from .autotune import auto_backend
-
+        if _auto_backend is None:
+            raise BackendError(
+                "backend='auto' needs a resolver and none is registered (multijet.api.register_auto_backend); "
+                f"pass a backend name instead; installed: {available_backends()}"
+            )
         _check_method(method)
-        backend = auto_backend(
+        backend = _auto_backend(
             op, f, x, method=method, samples=samples, distribution=_distribution(op, distribution, samples)
         )
     if not isinstance(backend, str):

@@ -2,11 +2,13 @@
 
 Candidates are built with :func:`multijet.compile` (plan and trace once, as a training loop would) and called
 on the user's ``x``: warm-up calls first (tracing, JIT compilation), then interleaved repetitions, with the
-device synchronised (:mod:`multijet._bench`). The fastest candidate has the smallest median.
+device synchronised (:func:`multijet.timing.time_interleaved`). The fastest candidate has the smallest median.
 
 Results are cached in ``$MULTIJET_CACHE_DIR/autotune.json`` (default ``$XDG_CACHE_HOME/multijet`` or
 ``~/.cache/multijet``), keyed by device name, operator coefficients, program, input shape, dtype,
 randomisation and library versions; ``backend="auto"`` (:func:`auto_backend`) reads the cache or tunes once.
+:mod:`multijet.api` does not import this module: the package registers a resolver with
+:func:`multijet.api.register_auto_backend` that loads it on the first ``backend="auto"`` call.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ from typing import Any
 import numpy as np
 
 from . import api
-from ._bench import backend_methods, device_name, time_interleaved, versions
+from ._dispatch import backend_methods, native_backend
+from ._text import plain_table as _plain_table
+from ._text import short as _short
 from .backends import available_backends
-from .compare import _plain_table, _short, native_backend
 from .errors import BackendError
 from .spec import Operator
+from .timing import device_name, time_interleaved, versions
 
 __all__ = ["autotune", "auto_backend", "TuneResult", "Entry", "cache_dir", "cache_path", "CACHE_ENV"]
 

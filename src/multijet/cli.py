@@ -6,7 +6,8 @@
     multijet compare --operator bilaplacian --dim 3
     multijet autotune --operator laplacian --dim 50 --batch 16
 
-Bad arguments print the usage and exit with code 2; a failed comparison exits with code 1.
+Also ``python -m multijet``. Bad arguments print the usage and exit with code 2; a failed comparison exits
+with code 1.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._bench import OPERATORS, PAPER_WIDTHS
+from ._text import plain_table
+from .bench.programs import OPERATORS, PAPER_WIDTHS
 from .errors import MultijetError
 from .plan import DISTRIBUTIONS, METHODS
 
@@ -51,9 +53,7 @@ def _table(title: str, head: list[str], rows: list[list[str]]) -> Any:
     try:
         from rich.table import Table
     except ImportError:
-        from .compare import _plain_table
-
-        return f"{title}\n\n{_plain_table(head, rows)}"
+        return f"{title}\n\n{plain_table(head, rows)}"
     from rich.markup import escape
 
     t = Table(*map(escape, head), title=escape(title), title_justify="left")
@@ -241,16 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ._bench import machine_info
     from .autotune import cache_path
+    from .bench import machine_info
+    from .timing import dist_version
 
     info = machine_info()
     info["autotune_cache"] = str(cache_path())
     info["devices"] = _devices(info["backends"])
     for extra in ("rich", "matplotlib"):
-        from ._bench import _version
-
-        info["versions"][extra] = _version(extra)
+        info["versions"][extra] = dist_version(extra)
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
@@ -299,7 +298,7 @@ def _writable_dir(path: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ._bench import BenchConfig, plot_bench, rerun_with_threads, run_bench
+    from .bench import BenchConfig, plot_bench, rerun_with_threads, run_bench
 
     rc = rerun_with_threads(args.threads, [sys.executable, "-m", "multijet.cli", *args.argv])
     if rc is not None:
@@ -357,7 +356,7 @@ def _fits_table(result: dict[str, Any]) -> Any:
 
 
 def _demo_network(dim: int, width: int, dtype: str, seed: int):
-    from ._bench import make_program
+    from .bench import make_program
 
     return make_program("numpy", dim, (width, width), dtype, seed)
 
@@ -365,7 +364,7 @@ def _demo_network(dim: int, width: int, dtype: str, seed: int):
 def cmd_compare(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ._bench import make_operator
+    from .bench import make_operator
     from .compare import compare
 
     f = _demo_network(args.dim, args.width, args.dtype, args.seed)
@@ -387,8 +386,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_autotune(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ._bench import make_operator, make_program
     from .autotune import autotune
+    from .bench import make_operator, make_program
 
     f = make_program("numpy", args.dim, args.widths, args.dtype, args.seed)
     x = np.random.default_rng(args.seed + 1).standard_normal((args.batch, args.dim)).astype(args.dtype)

@@ -21,7 +21,9 @@ from typing import Any
 import numpy as np
 
 from . import api
-from ._bench import backend_methods, to_numpy
+from ._dispatch import backend_methods, native_backend, to_numpy
+from ._text import plain_table as _plain_table
+from ._text import short as _short
 from .backends import available_backends, infer_backend
 from .spec import Operator
 
@@ -41,18 +43,6 @@ def tolerance(dtype: Any, order: int) -> tuple[float, float]:
         raise TypeError(f"tolerance needs a floating-point dtype, got {dtype!r}") from None
     eps = float(np.finfo(np_dtype).eps)
     return 8.0 * eps ** (2.0 / 3.0) * 3.0 ** (order - 2), 100.0 * eps
-
-
-def native_backend(f: Callable, x: Any) -> str | None:
-    """The one framework ``f`` / ``x`` belong to (torch for an ``nn.Module``, the type of a non-NumPy ``x``),
-    or None for an array-API program given NumPy input (which every backend can run)."""
-    source = infer_backend(x)
-    if source != "numpy":
-        return source
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(f, torch.nn.Module):
-        return "torch"
-    return None
 
 
 @dataclass
@@ -431,18 +421,6 @@ def _preview(v: np.ndarray | None, k: int) -> str:
     flat = np.asarray(v).ravel()
     s = ", ".join(f"{t:.10g}" for t in flat[:k])
     return f"[{s}{', …' if flat.size > k else ''}]" if np.ndim(v) else s
-
-
-def _short(s: str, n: int) -> str:
-    s = s.splitlines()[0] if s else s
-    return s if len(s) <= n else s[: n - 1] + "…"
-
-
-def _plain_table(head: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    line = "  ".join("-" * w for w in widths)
-    fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()  # noqa: E731
-    return "\n".join([fmt(head), line, *(fmt(r) for r in rows)])
 
 
 class _CallableModule(types.ModuleType):
