@@ -186,3 +186,37 @@ def test_a_candidate_that_raises_fails_unless_allowed(monkeypatch):
     rep = mj.compare(mj.Laplacian(), mlp_tanh, POINTS, backends=backends)
     assert not rep.passed and "numpy/standard" in rep.verdict() and "raised" in rep.verdict()
     assert mj.compare(mj.Laplacian(), mlp_tanh, POINTS, backends=backends, allow_errors=True).passed
+
+
+@pytest.mark.skipif(not {"torch", "jax"} <= set(available_backends()), reason="needs torch and jax")
+def test_exact_tie_is_reported_as_a_convention_not_a_failure():
+    """At x = (½, 0.1, −½), Δ Σ clip(x, −½, ½)² is 6 under torch's convention and 3 under JAX's: compare says
+    the pairs differ only at an exact tie (they agree beside x) instead of failing."""
+
+    from array_api_compat import array_namespace
+
+    def f(x):
+        xp = array_namespace(x)
+        return xp.sum(xp.clip(x, -0.5, 0.5) ** 2)
+
+    report = mj.compare(mj.Laplacian(), f, np.array([0.5, 0.1, -0.5]), backends=["torch", "jax"])
+    assert report.passed and report.ties
+    assert all({p.a.split("/")[0], p.b.split("/")[0]} == {"torch", "jax"} for p in report.ties)
+    assert "exact tie" in report.verdict() and "tie" in report.table()
+    away = mj.compare(mj.Laplacian(), f, np.array([0.45, 0.1, -0.3]), backends=["torch", "jax"])
+    assert away.passed and not away.ties
+
+
+def test_planted_disagreement_beside_the_point_is_not_a_tie(monkeypatch):
+    """A wrong result everywhere (not only at x) still fails."""
+    import multijet.backends.numpy as nb
+
+    original = nb.run
+
+    def wrong(plan, f, x, *, method="collapsed", return_grad=False):
+        value, result, grad = original(plan, f, x, method=method, return_grad=return_grad)
+        return value, (result * 1.01 if method == "standard" else result), grad
+
+    monkeypatch.setattr(nb, "run", wrong)
+    report = mj.compare(mj.Laplacian(), mlp_tanh, POINTS[:2], backends=["numpy"])
+    assert not report.passed and not report.ties
