@@ -18,7 +18,10 @@ from .api import (
     register_auto_backend,
     weighted_laplacian,
 )
+from .backends import register_backend
+from .engine.config import GenericRuleWarning, set_strict
 from .errors import BackendError, MultijetError, PlanError, UnsupportedPrimitiveError
+from .extend import register_elementwise
 from .plan import JetGroup, Plan
 from .spec import Bilaplacian, Laplacian, LinearOperator, Operator, SumOperator, WeightedLaplacian
 
@@ -58,6 +61,10 @@ __all__ = [
     "compile",
     "plan",
     "available_backends",
+    "register_backend",
+    "register_elementwise",
+    "set_strict",
+    "GenericRuleWarning",
     "compare",
     "autotune",
     "Compiled",
