@@ -6,13 +6,11 @@ constants, never :mod:`multijet.api` or anything above it.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from .backends import get_backend, infer_backend
+from .backends.interop import native_program_backend, to_numpy
 from .plan import METHODS
 
 __all__ = ["backend_methods", "native_backend", "to_numpy"]
@@ -33,14 +31,7 @@ def native_backend(f: Callable, x: Any) -> str | None:
     source = infer_backend(x)
     if source != "numpy":
         return source
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(f, torch.nn.Module):
-        return "torch"
-    return None
+    return native_program_backend(f)
 
 
-def to_numpy(a: Any) -> np.ndarray:
-    """Any backend's result as a NumPy array (torch tensors are detached and moved to the CPU)."""
-    if type(a).__module__.split(".")[0] == "torch":
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
+

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from .backends import available_backends, get_backend, infer_backend
+from .backends.interop import interop
 from .errors import BackendError
 from .plan import DISTRIBUTIONS, METHODS, Plan, make_plan
 from .spec import Bilaplacian, Laplacian, Operator, WeightedLaplacian
@@ -196,24 +197,7 @@ def _to_backend(x, name: str):
             f"x is a {source} array but backend={name!r} was asked for; pass a NumPy array to move between "
             f"frameworks, or use backend={source!r}"
         )
-    arr = np.asarray(x)
-    if name == "torch":
-        import torch
-
-        return torch.as_tensor(arr), lambda r: r.detach().cpu().numpy()
-    if name == "jax":
-        import jax.numpy as jnp
-
-        if arr.dtype == np.float64:
-            import jax
-
-            if not jax.config.jax_enable_x64:
-                raise BackendError(
-                    "x is float64 but JAX runs in float32 unless x64 is enabled: call "
-                    "jax.config.update('jax_enable_x64', True) first, or pass float32"
-                )
-        return jnp.asarray(arr), lambda r: np.asarray(r)
-    return x, None
+    return interop(name).from_numpy(np.asarray(x))
 
 
 # --- validation -----------------------------------------------------------------------------------------------

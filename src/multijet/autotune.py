@@ -32,6 +32,7 @@ from ._dispatch import backend_methods, native_backend
 from ._text import plain_table as _plain_table
 from ._text import short as _short
 from .backends import available_backends
+from .backends.interop import interop, native_program_backend
 from .errors import BackendError
 from .spec import Operator
 from .timing import device_name, time_interleaved, versions
@@ -268,10 +269,9 @@ def _candidates(f, x, backends, methods) -> list[tuple[str, str]]:
 
 def _program_id(f) -> str:
     """A name for the program that survives restarts: class and parameter shapes, or module, name and code."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(f, torch.nn.Module):
-        shapes = [tuple(p.shape) for p in f.parameters()]
-        return f"{type(f).__module__}.{type(f).__qualname__}{shapes}"
+    owner_of_f = native_program_backend(f)
+    if owner_of_f is not None:
+        return interop(owner_of_f).program_id(f)
     h = hashlib.sha1()
     _fingerprint(f, h, depth=0)
     name = getattr(f, "__qualname__", type(f).__qualname__)
@@ -308,13 +308,6 @@ def _has_contents(cell) -> bool:
     return True
 
 
-def _jax_x64() -> bool:
-    jax = sys.modules.get("jax")
-    if jax is not None:
-        return bool(jax.config.jax_enable_x64)
-    return os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true", "yes")
-
-
 def _key(op: Operator, f, x, shape, samples, distribution) -> dict[str, Any]:
     dim = shape[-1]
     coeffs = sorted((list(a), float(c)) for a, c in op.coefficients(dim).items())
@@ -328,7 +321,7 @@ def _key(op: Operator, f, x, shape, samples, distribution) -> dict[str, Any]:
         "distribution": (api._distribution(op, distribution, samples) if samples is not None else None),
         "program": _program_id(f),
         "versions": versions(),
-        "jax_x64": _jax_x64(),
+        **{k: v for name in available_backends() for k, v in interop(name).config().items()},
     }
 
 

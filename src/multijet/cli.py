@@ -267,24 +267,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _devices(backends: Sequence[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {"numpy": ["cpu"]} if "numpy" in backends else {}
-    if "torch" in backends:
-        try:
-            import torch
+    from .backends.interop import interop
 
-            devs = [f"cpu ({torch.get_num_threads()} threads)"]
-            if torch.cuda.is_available():
-                devs += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
-            out["torch"] = devs
+    out: dict[str, list[str]] = {}
+    for name in backends:
+        try:
+            out[name] = interop(name).devices()
         except Exception as exc:  # noqa: BLE001 - info must not fail on a broken framework
-            out["torch"] = [f"error: {exc}"]
-    if "jax" in backends:
-        try:
-            import jax
-
-            out["jax"] = [f"{d.platform}:{d.id} {d.device_kind}" for d in jax.devices()]
-        except Exception as exc:  # noqa: BLE001
-            out["jax"] = [f"error: {exc}"]
+            out[name] = [f"error: {exc}"]
     return out
 
 

@@ -9,12 +9,11 @@ dtype's machine epsilon and the operator's order (:func:`tolerance`).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,6 +22,7 @@ from . import api
 from ._compare_report import Candidate, CompareReport, PairDiff, pair_diff
 from ._dispatch import backend_methods, native_backend, to_numpy
 from .backends import available_backends, infer_backend
+from .backends.interop import interop, native_program_backend
 from .spec import Operator
 
 __all__ = ["compare", "CompareReport", "Candidate", "PairDiff", "tolerance", "native_backend"]
@@ -121,55 +121,22 @@ def compare(
 
 
 def _module_dtype(f) -> str | None:
-    """The parameter dtype of an ``nn.Module`` (NumPy input is cast to it), else None."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(f, torch.nn.Module):
-        p = next(iter(f.parameters()), None)
-        if p is not None and p.is_floating_point():
-            return str(p.dtype).replace("torch.", "")
-    return None
+    """The parameter dtype of a framework-native program (an ``nn.Module``: NumPy input is cast to it)."""
+    owner_of_f = native_program_backend(f)
+    return None if owner_of_f is None else interop(owner_of_f).program_dtype(f)
 
 
 def _cast(x, dtype: str | None):
     source = infer_backend(x)
     if source == "numpy":
         return np.asarray(x, dtype=dtype or "float64")
-    if dtype is None:
-        return x
-    if source == "torch":
-        import torch
-
-        return x.to(getattr(torch, dtype))
-    return x.astype(dtype)
-
-
-@contextlib.contextmanager
-def _x64(backend: str, dtype: str) -> Iterator[None]:
-    """float64 for JAX during one evaluation, without changing the user's global JAX configuration."""
-    if backend != "jax" or dtype != "float64":
-        yield
-        return
-    import jax
-
-    if jax.config.jax_enable_x64:
-        yield
-        return
-    enable = getattr(jax, "enable_x64", None)
-    if enable is not None:
-        with enable(True):
-            yield
-        return
-    jax.config.update("jax_enable_x64", True)  # pragma: no cover - old JAX without the context manager
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", False)
+    return x if dtype is None else interop(source).cast(x, dtype)
 
 
 def _evaluate(op, f, x, backend, method, samples, distribution, seed, dtype) -> Candidate:
     c = Candidate(backend, method)
     try:
-        with _x64(backend, dtype):
+        with interop(backend).precision(dtype):
             t0 = time.perf_counter()
             r = api.apply(op, f, x, backend=backend, method=method, samples=samples, distribution=distribution,
                           seed=seed)  # fmt: skip
@@ -205,16 +172,7 @@ def _mark_ties(pairs, ok, op, f, x, samples, distribution, seed, dtype, rtol, at
 
 def _like(arr: np.ndarray, x):
     """``arr`` as an array of ``x``'s framework and dtype."""
-    source = infer_backend(x)
-    if source == "torch":
-        import torch
-
-        return torch.as_tensor(arr).to(dtype=x.dtype, device=x.device)
-    if source == "jax":
-        import jax.numpy as jnp
-
-        return jnp.asarray(arr, dtype=x.dtype)
-    return arr.astype(x.dtype)
+    return interop(infer_backend(x)).like(arr, x)
 
 
 def _reference(ok: list[Candidate], native: str | None) -> str | None:

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .backends.interop import interop, owner, sync
+
 __all__ = ["Timing", "time_interleaved", "sync", "cpu_model", "device_name", "versions", "dist_version"]
 
 
@@ -51,17 +53,8 @@ def cpu_model() -> str:
 
 def device_name(x: Any = None) -> str:
     """A stable name of the device ``x`` lives on: ``"cpu: <model> (<n> cores)"``, or the GPU's name."""
-    mod = type(x).__module__.split(".")[0] if x is not None else "numpy"
-    if mod == "torch" and getattr(x, "is_cuda", False):
-        import torch
-
-        return f"cuda: {torch.cuda.get_device_name(x.device)}"
-    if mod in ("jax", "jaxlib"):
-        devices = getattr(x, "devices", None)
-        dev = next(iter(devices())) if callable(devices) else None
-        if dev is not None and dev.platform != "cpu":
-            return f"{dev.platform}: {dev.device_kind}"
-    return f"cpu: {cpu_model()} ({os.cpu_count()} cores)"
+    accelerator = interop(owner(x)).device_name(x) if x is not None else None
+    return accelerator or f"cpu: {cpu_model()} ({os.cpu_count()} cores)"
 
 
 def versions() -> dict[str, str | None]:
@@ -70,22 +63,6 @@ def versions() -> dict[str, str | None]:
 
 
 # --- timing ----------------------------------------------------------------------------------------------------
-
-
-def sync(obj: Any) -> Any:
-    """Wait for asynchronous device work behind ``obj`` (JAX arrays, CUDA tensors); returns ``obj``."""
-    if isinstance(obj, tuple | list):
-        for o in obj:
-            sync(o)
-        return obj
-    mod = type(obj).__module__.split(".")[0]
-    if mod in ("jax", "jaxlib"):
-        obj.block_until_ready()
-    elif mod == "torch" and getattr(obj, "is_cuda", False):
-        import torch
-
-        torch.cuda.synchronize(obj.device)
-    return obj
 
 
 @dataclass

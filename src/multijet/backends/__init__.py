@@ -13,6 +13,7 @@ import sys
 from types import ModuleType
 
 from ..errors import BackendError
+from .interop import INTEROPS, Interop, owner
 
 __all__ = ["available_backends", "get_backend", "infer_backend", "register_backend", "BACKENDS"]
 
@@ -24,12 +25,17 @@ BACKENDS: dict[str, tuple[str, str]] = {
 }
 
 
-def register_backend(name: str, module: str, framework: str) -> None:
+def register_backend(name: str, module: str, framework: str, interop=None) -> None:
     """Add a backend: ``module`` (dotted name, imported on first use) implements the module protocol above
-    for arrays of ``framework`` (an importable package). See docs/ARCHITECTURE.md, "A new backend"."""
+    for arrays of ``framework`` (an importable package); ``interop`` (a :class:`.interop.Interop`) says how
+    its arrays convert (default: NumPy's). See docs/ARCHITECTURE.md, "A new backend"."""
     if not isinstance(name, str) or not name.isidentifier() or name in ("auto",):
         raise ValueError(f"a backend name must be an identifier other than 'auto', got {name!r}")
     BACKENDS[name] = (module, framework)
+    if interop is not None:
+        if not isinstance(interop, Interop):
+            raise TypeError(f"interop must be a multijet.backends.interop.Interop, got {type(interop).__name__}")
+        INTEROPS[name] = interop
 
 
 def _implemented(name: str) -> bool:
@@ -65,13 +71,4 @@ def get_backend(name: str) -> ModuleType:
 
 def infer_backend(x) -> str:
     """The backend matching the array type of ``x``, found through ``sys.modules`` (never importing one)."""
-    mod = type(x).__module__.split(".")[0]
-    if mod == "torch":
-        return "torch"
-    if mod in ("jax", "jaxlib"):
-        return "jax"
-    if "jax" in sys.modules and mod not in ("numpy", "builtins"):
-        jax = sys.modules["jax"]
-        if isinstance(x, jax.Array):
-            return "jax"
-    return "numpy"
+    return owner(x)
