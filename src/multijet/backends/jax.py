@@ -133,7 +133,7 @@ def capture(f: Callable, x) -> tuple[jcore.ClosedJaxpr, Callable]:
 
 
 class Layout:
-    """One leading axis (directions); points are vmapped outside."""
+    """Per-direction coefficients ``(R, *shape)``; the primal and the collapsed top plain ``shape``."""
 
     xp = jnp
 
@@ -141,13 +141,14 @@ class Layout:
         self.R = R
 
     def lift(self, value, var: Var):
-        return jnp.expand_dims(jnp.asarray(value, dtype=var.dtype), 0)
+        return jnp.asarray(value, dtype=var.dtype)
 
     def align(self, c, nd_from: int, nd_to: int):
-        return jnp.reshape(c, c.shape[:1] + (1,) * (nd_to - nd_from) + c.shape[1:])
+        lead = c.shape[: c.ndim - nd_from]
+        return jnp.reshape(c, lead + (1,) * (nd_to - nd_from) + c.shape[c.ndim - nd_from :])
 
     def zeros(self, var: Var):
-        return jnp.zeros((1,) + var.shape, var.dtype)
+        return jnp.zeros(var.shape, var.dtype)
 
     def eye(self, var: Var):
         return jnp.eye(var.shape[0], dtype=var.dtype)
@@ -156,11 +157,11 @@ class Layout:
         c = jnp.asarray(c)
         if c.dtype != var.dtype:
             c = c.astype(var.dtype)
-        shape = c.shape[:1] + var.shape
+        shape = c.shape[: c.ndim - var.ndim] + var.shape if c.ndim >= var.ndim else var.shape
         return c if c.shape == shape else jnp.broadcast_to(c, shape)
 
     def canonical(self, c, var: Var, per_direction: bool):
-        shape = ((self.R,) if per_direction else (1,)) + var.shape
+        shape = ((self.R,) if per_direction else ()) + var.shape
         if c is None:
             return jnp.zeros(shape, var.dtype)
         return jnp.broadcast_to(jnp.asarray(c, dtype=var.dtype), shape)
@@ -170,14 +171,15 @@ def _context(spec: engine.GroupSpec, w) -> engine.Context:
     if spec.ones:
 
         def wsum(a):
-            return jnp.sum(a, axis=0, keepdims=True)
+            return jnp.sum(a, axis=0)
 
     else:
 
         def wsum(a):
-            return jnp.tensordot(w, a, axes=1)[None]
+            return jnp.tensordot(w, a, axes=1)
 
-    return engine.Context(spec.order, spec.collapsed, spec.R, Layout(spec.R), wsum, backend=NAME)
+    w0 = w[0] if spec.order == 0 else None
+    return engine.Context(spec.order, spec.collapsed, spec.R, Layout(spec.R), wsum, backend=NAME, weight0=w0)
 
 
 # --- groups, points, batches ---------------------------------------------------------------------------------------
@@ -189,14 +191,14 @@ def _jet_point(jaxpr, specs, return_grad, consts, x, arrays):
 
     def inputs(i, spec):
         V, w = arrays[i] if i < len(arrays) else (None, jnp.ones(spec.R, x.dtype))
-        return _context(spec, w), x[None], V
+        return _context(spec, w), x, V
 
     value, total, grad = engine.evaluate(program, specs, return_grad, inputs)
     shape, dtype = out_var.shape, out_var.dtype
-    total = jnp.zeros(shape, dtype) if total is None else jnp.broadcast_to(total[0], shape)
+    total = jnp.zeros(shape, dtype) if total is None else jnp.broadcast_to(total, shape)
     if not return_grad:  # the value is not part of the result: let XLA drop the primal output
         return None, total, None
-    value = jnp.broadcast_to(value[0], shape)
+    value = jnp.broadcast_to(value, shape)
     grad = jnp.zeros((x.shape[0],) + shape, dtype) if grad is None else jnp.broadcast_to(grad, (x.shape[0],) + shape)
     return value, total, jnp.moveaxis(grad, 0, -1)
 

@@ -1,10 +1,11 @@
 """JAX's primitive table: jaxpr primitive → the engine's kind, with the native callables lifted.
 
-Layout (one leading axis, see :mod:`multijet.engine.context`): every coefficient is ``(R | 1, *shape)``;
-points are vmapped outside. A primitive is *lifted* by ``jax.vmap`` over that axis (size-1 operands are
-held fixed, ``in_axes=None``); ``dot_general`` is lifted by hand so the direction axis becomes a free or
-batch dimension of one ``dot_general`` whose output has it in front (no transposes, whichever way the
-user wrote the product).
+Layout (see :mod:`multijet.engine.context`): a per-direction coefficient is ``(R, *shape)``; the primal
+and the collapsed top have no direction axis (``shape``), so constants enter unchanged; points are
+vmapped outside. A primitive is *lifted* by ``jax.vmap`` over the direction axis of the operands that
+have one (known from the operands' point ranks); ``dot_general`` is lifted by hand so the direction axis
+becomes a free or batch dimension of one ``dot_general`` whose output has it in front (no transposes,
+whichever way the user wrote the product).
 """
 
 from __future__ import annotations
@@ -47,23 +48,26 @@ def bind_fn(eqn) -> Callable:
     return fn
 
 
-def map_lead(fn: Callable, args) -> list:
-    """``fn`` (point shapes → list) mapped over the leading axis of ``args`` (size-1 axes held fixed)."""
-    args = list(args)
-    big = max((a.shape[0] for a in args), default=1)
-    if big == 1:
-        return [jnp.expand_dims(o, 0) for o in fn(*[a[0] for a in args])]
-    in_axes = tuple(0 if a.shape[0] == big else None for a in args)
-    args = [a if ax == 0 else a[0] for a, ax in zip(args, in_axes, strict=True)]
+def map_lead(fn: Callable, args, per_direction) -> list:
+    """``fn`` (point shapes → list) mapped over the direction axis of the ``args`` flagged per-direction."""
+    if not any(per_direction):
+        return list(fn(*args))
+    in_axes = tuple(0 if d else None for d in per_direction)
     return list(jax.vmap(lambda *a: list(fn(*a)), in_axes=in_axes)(*args))
 
 
-def lift(fn: Callable) -> Callable:
-    return lambda *args: map_lead(fn, args)
+def lift(fn: Callable, ndims) -> Callable:
+    """``fn`` lifted for operands of point ranks ``ndims``: one with an extra axis carries the directions."""
+    ndims = tuple(ndims)
+    return lambda *args: map_lead(fn, args, [a.ndim > nd for a, nd in zip(args, ndims, strict=True)])
+
+
+def _ndims(vars_) -> tuple[int, ...]:
+    return tuple(len(v.aval.shape) for v in vars_)
 
 
 def _lifted(eqn) -> Callable:
-    return lift(bind_fn(eqn))
+    return lift(bind_fn(eqn), _ndims(eqn.invars))
 
 
 # --- dot_general with the direction axis placed by hand ------------------------------------------------------
@@ -77,17 +81,18 @@ def _dot_lifted(eqn) -> Callable:
     def shift(dims):
         return tuple(d + 1 for d in dims)
 
+    nd_p, nd_q = _ndims(eqn.invars)
+
     def fn(p, q):
-        rp, rq = p.shape[0] > 1, q.shape[0] > 1
+        rp, rq = p.ndim > nd_p, q.ndim > nd_q
         if rp and rq:  # the direction axis is a batch dimension: output (R, batch…, free…)
             dn = ((shift(lc), shift(rc)), ((0,) + shift(lb), (0,) + shift(rb)))
             out = lax.dot_general(p, q, dn, **extra)
             return [out.astype(out_dtype)]
         if not rp and not rq:
-            out = lax.dot_general(p[0], q[0], ((lc, rc), (lb, rb)), **extra)
-            return [out[None].astype(out_dtype)]
+            return [lax.dot_general(p, q, ((lc, rc), (lb, rb)), **extra).astype(out_dtype)]
         # one operand carries the directions: make it the lhs so its free axis R comes first among the free
-        lead, other = (p, q[0]) if rp else (q, p[0])
+        lead, other = (p, q) if rp else (q, p)
         lcon, ocon = (shift(lc), rc) if rp else (shift(rc), lc)
         lbat, obat = (shift(lb), rb) if rp else (shift(rb), lb)
         out = lax.dot_general(lead, other, ((lcon, ocon), (lbat, obat)), **extra)
@@ -112,7 +117,7 @@ def _dot_identity(eqn, side: int, w):
     contract = (lc, rc) if side == 0 else (rc, lc)
     if lb or rb or len(eqn.invars[side].aval.shape) != 1 or tuple(contract[0]) != (0,):
         return None
-    return jnp.moveaxis(jnp.asarray(w[0]), contract[1][0], 0).astype(eqn.outvars[0].aval.dtype)
+    return jnp.moveaxis(jnp.asarray(w), contract[1][0], 0).astype(eqn.outvars[0].aval.dtype)
 
 
 def _dot_rule(eqn, cap):
@@ -167,8 +172,8 @@ def _reduce_chooser(eqn, cap):
         name,
         "split",
         _lifted(eqn),
-        reduce=lift(lambda c: [jnp.sum(c, axis=axes)]),
-        expand=lift(lambda y: [lax.broadcast_in_dim(y, shape, kept)]),
+        reduce=lift(lambda c: [jnp.sum(c, axis=axes)], (len(shape),)),
+        expand=lift(lambda y: [lax.broadcast_in_dim(y, shape, kept)], (len(kept),)),
     )
 
 
@@ -197,8 +202,8 @@ def _sort(eqn, cap):
         "sort",
         "first",
         _lifted(eqn),
-        argsort=lift(argsort),
-        take=lift(lambda c, i: [jnp.take_along_axis(c, i, axis=dim)]),
+        argsort=lift(argsort, _ndims(eqn.invars)),
+        take=lift(lambda c, i: [jnp.take_along_axis(c, i, axis=dim)], _ndims(eqn.invars) * 2),
     )
 
 
@@ -240,11 +245,11 @@ def _custom_jvp(eqn, cap):
 def _scan(eqn, cap):
     p = eqn.params
 
-    def loop(step, init, xs):
-        xs = [jnp.moveaxis(c, 1, 0) for c in xs]  # scanned axis in front of the direction axis
+    def loop(step, init, xs, xs_dirs, ys_dirs):
+        xs = [jnp.moveaxis(c, 1, 0) if d else c for c, d in zip(xs, xs_dirs, strict=True)]  # scanned axis first
         carry, ys = lax.scan(lambda c, x: step(c, x), init, xs, length=p["length"], reverse=p["reverse"],
                              unroll=p["unroll"])  # fmt: skip
-        return carry, [jnp.moveaxis(c, 0, 1) for c in ys]
+        return carry, [jnp.moveaxis(c, 0, 1) if d else c for c, d in zip(ys, ys_dirs, strict=True)]
 
     return kinds.Scan(cap.sub(p["jaxpr"]), p["num_consts"], p["num_carry"], loop)
 

@@ -70,6 +70,11 @@ TRANSFER = {"call": _call_transfer, "scan": _scan_transfer, "while": _while_tran
 # --- propagation ----------------------------------------------------------------------------------------------
 
 
+def _dirs(ctx, patterns) -> list[bool]:
+    """Which of the flattened coefficients carry the direction axis."""
+    return [ctx.per_direction(k) for pat in patterns for k, present in enumerate(pat) if present]
+
+
 def _flatten(ctx, jets, vars_, patterns) -> list:
     """The present coefficients (by ``patterns``) at full leading shape, zeros where a jet has none."""
     out = []
@@ -109,7 +114,7 @@ def make_rules(propagate: Callable) -> dict:
 
         init = _flatten(ctx, ins[nc : nc + ncar], carry_vars, carry_pat)
         xs = _flatten(ctx, ins[nc + ncar :], eqn.ins[nc + ncar :], xs_pat)
-        carry_out, ys = impl.loop(step, init, xs)
+        carry_out, ys = impl.loop(step, init, xs, _dirs(ctx, xs_pat), _dirs(ctx, ys_pat))
         return _unflatten(carry_out, carry_pat) + _unflatten(ys, ys_pat)
 
     def while_(ctx, eqn, ins, subs):

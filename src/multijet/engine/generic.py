@@ -81,11 +81,11 @@ def generic(ctx: Context, eqn: Equation, ins: list[list]) -> list[list]:
 
     def compute(*arrays):
         prims, dirs, tps = arrays[:n_p], arrays[n_p : n_p + n_d], arrays[n_p + n_d :]
-        out = list(impl.map_lead(impl.point_fn, prims))
+        out = list(impl.map_lead(impl.point_fn, prims, [False] * n_p))
         if n_d:
-            out += impl.map_lead(per_direction, list(prims) + list(dirs))
+            out += impl.map_lead(per_direction, list(prims) + list(dirs), [False] * n_p + [True] * n_d)
         if tps:
-            out += impl.map_lead(linear_top, list(prims) + list(tps))
+            out += impl.map_lead(linear_top, list(prims) + list(tps), [False] * (n_p + len(tps)))
         return out
 
     try:

@@ -124,7 +124,9 @@ class Linalg:
     """Linear algebra through the shared Taylor rules: ``op`` in ``inv``, ``solve``, ``slogdet``, ``det``.
 
     ``fn`` computes the primal outputs; ``inv(a)`` the inverse; ``matmul(p, q)`` the lifted (batched)
-    matrix product; ``trace(p, q)`` the lifted ``tr(p q)`` over the last two axes.
+    matrix product; ``trace(p, q)`` the lifted ``tr(p q)`` over the last two axes; ``apply(p, q)`` the
+    lifted product ``p q`` of an inverse and the right-hand side (``solve``); ``slogdet(a)`` the lifted
+    ``[sign, log|det|]`` (``det``).
     """
 
     op: str
@@ -132,6 +134,8 @@ class Linalg:
     inv: Callable
     matmul: Callable
     trace: Callable | None = None
+    apply: Callable | None = None
+    slogdet: Callable | None = None
     kind: str = field(default="linalg", init=False)
 
 
@@ -148,8 +152,9 @@ class Generic:
     """Any other differentiable primitive, by the framework's nested forward-mode AD.
 
     ``point_fn(*args) -> list`` applies the primitive to point-shaped arrays; ``jvp(f, primals, tangents)
-    -> (outs, tangent outs)`` is the framework's forward mode; ``map_lead(f, args, flags)`` maps ``f`` over
-    the leading axes of the arguments whose flag is set; ``run(g, *arrays)`` runs the shared computation
+    -> (outs, tangent outs)`` is the framework's forward mode; ``map_lead(f, args, per_direction)`` maps
+    ``f`` over the leading axes of ``args`` (``per_direction[i]``: argument i carries the direction axis;
+    the others are primal or collapsed coefficients, whose direction axis has size 1 or is absent); ``run(g, *arrays)`` runs the shared computation
     ``g`` natively (eagerly, or as one opaque node of an emitted graph), returning ``g``'s list.
     """
 
@@ -174,8 +179,9 @@ class Call:
 class Scan:
     """``lax.scan``-like loop: ``body(consts, carry, x) -> (carry, y)``; ``loop(step, init, xs)`` is native.
 
-    ``n_consts``/``n_carry`` split the operands. ``loop(step, init_flat, xs_flat) -> (carry_flat, ys_flat)``
-    with xs/ys leading over the scanned axis.
+    ``n_consts``/``n_carry`` split the operands. ``loop(step, init_flat, xs_flat, xs_dirs, ys_dirs) ->
+    (carry_flat, ys_flat)``: the scanned axis is the first point axis of every ``xs``/``ys`` coefficient;
+    ``xs_dirs``/``ys_dirs`` say which of them carry the direction axis.
     """
 
     body: Any

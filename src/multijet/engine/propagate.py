@@ -26,7 +26,7 @@ def primal(ctx: Context, eqn: Equation, x0s: list) -> list:
     """The equation's outputs at the primal point (no derivatives)."""
     impl = eqn.impl
     if eqn.kind == "generic":
-        return impl.run(lambda *a: list(impl.map_lead(impl.point_fn, list(a))), *x0s)
+        return impl.run(lambda *a: list(impl.map_lead(impl.point_fn, list(a), [False] * len(a))), *x0s)
     return impl.fn(*x0s)
 
 

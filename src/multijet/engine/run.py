@@ -107,5 +107,5 @@ def _seed(ctx: Context, spec: GroupSpec, x0, V, xvar) -> list:
 
 def _top_sum(ctx: Context, out: list):
     if ctx.order == 0:  # a value group (R = 1, direction 0): w · f
-        return ctx.wsum(out[0])
+        return ctx.wsum(out[0]) if ctx.weight0 is None else out[0] * ctx.weight0
     return taylor.top_sum(out, ctx.tctx)
