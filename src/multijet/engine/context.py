@@ -4,8 +4,9 @@ The propagation layout: every Taylor coefficient is a native array with ``L`` le
 chooses ``L``: JAX propagates one point at a time under ``vmap`` with one direction axis; NumPy and torch
 carry a batch axis and a direction axis), each of size 1 or full, then the value's point shape. ``x_0``
 and the collapsed top ``S_K`` have direction-axis size 1 (or, at the backend's choice, no direction axis:
-JAX drops it, so constants enter unchanged); ``x_1 … x_{K−1}`` (and ``x_K`` in standard mode) have size R. Structural zeros are ``None``. The engine never inspects array shapes: it uses the point
-shapes of the program's variables and asks the backend's :class:`Layout` for the rest.
+JAX drops it, so constants enter unchanged); ``x_1 … x_{K−1}`` (and ``x_K`` in standard mode) have size
+R. Structural zeros are ``None``. The engine never inspects array shapes: it uses the point shapes of the
+program's variables and asks the backend's :class:`Layout` for the rest.
 """
 
 from __future__ import annotations

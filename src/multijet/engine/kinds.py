@@ -154,8 +154,9 @@ class Generic:
     ``point_fn(*args) -> list`` applies the primitive to point-shaped arrays; ``jvp(f, primals, tangents)
     -> (outs, tangent outs)`` is the framework's forward mode; ``map_lead(f, args, per_direction)`` maps
     ``f`` over the leading axes of ``args`` (``per_direction[i]``: argument i carries the direction axis;
-    the others are primal or collapsed coefficients, whose direction axis has size 1 or is absent); ``run(g, *arrays)`` runs the shared computation
-    ``g`` natively (eagerly, or as one opaque node of an emitted graph), returning ``g``'s list.
+    the others are primal or collapsed coefficients, whose direction axis has size 1 or is absent);
+    ``run(g, *arrays)`` runs the shared computation ``g`` natively (eagerly, or as one opaque node of an
+    emitted graph), returning ``g``'s list.
     """
 
     point_fn: Callable
