@@ -38,8 +38,9 @@ def generic_fallback(prim: str, backend: str, where: str | None, register_hint: 
     key = (backend, prim)
     if key not in _WARNED:
         _WARNED.add(key)
+        at = f" (first used at {where})" if where else ""
         warnings.warn(
-            f"multijet: {prim!r} on {backend} has no Taylor rule and runs through the generic nested-AD rule "
+            f"multijet: {prim!r} on {backend}{at} has no Taylor rule and runs through the generic nested-AD rule "
             f"(exact, slower); {register_hint} for speed, or multijet.set_strict(True) to make this an error",
             GenericRuleWarning,
             stacklevel=3,
