@@ -249,3 +249,103 @@ def test_register_rule_extends_the_namespace():
         return float(np.sum(z / (1 + np.exp(-z))))
 
     assert mj.laplacian(f, POINTS[0]) == pytest.approx(np.trace(fd_hessian(ref, POINTS[0])), rel=1e-6)
+
+
+# --- non-smooth points: the tie conventions documented in multijet.backends.numpy ---------------------------------
+
+
+def _xp(x):
+    from array_api_compat import array_namespace
+
+    return array_namespace(x)
+
+
+#: name -> (f, x, Laplacian, gradient), each hand-computed from the convention at an exact tie
+TIES = {
+    # maximum/minimum split ties: y_1 = (v_0 + v_1)/2, so Δ(y²) = 2 (1/4 + 1/4)
+    "maximum_split": (lambda x: _xp(x).maximum(x[0], x[1]) ** 2, [0.5, 0.5, -1.0], 1.0, [0.5, 0.5, 0.0]),
+    "minimum_split": (lambda x: _xp(x).minimum(x[0], x[1]) ** 2, [0.5, 0.5, 2.0], 1.0, [0.5, 0.5, 0.0]),
+    # the max reduction splits among all tied entries: y_1 = Σ v_i / 3
+    "max_reduction_split": (lambda x: _xp(x).max(x) ** 2, [0.5, 0.5, 0.5], 2 / 3, [1 / 3, 1 / 3, 1 / 3]),
+    "min_reduction_split": (lambda x: _xp(x).min(x) ** 2, [0.5, 0.5, 0.7], 1.0, [0.5, 0.5, 0.0]),
+    # clip is inclusive: on a bound x keeps its derivative (torch's clamp)
+    "clip_inclusive": (lambda x: _xp(x).sum(_xp(x).clip(x, -1.0, 0.5) ** 2), [0.5, 0.5, -1.0], 6.0, [1.0, 1.0, -2.0]),
+    "clip_one_sided": (lambda x: _xp(x).sum(_xp(x).clip(x, max=0.5) ** 2), [0.5, 0.5, -1.0], 6.0, [1.0, 1.0, -2.0]),
+    # where follows the branch its predicate picks at x_0
+    "where_branch": (lambda x: _xp(x).sum(_xp(x).where(x >= 0.5, x**2, 3 * x**3)), [0.5, 0.5, -1.0], -14.0, [1, 1, 9]),
+    # |x|' = sign(x) = 0 at 0: Δ (|x_0| + x_1)² = 2 (0² + 1²)
+    "abs_zero_at_zero": (lambda x: (_xp(x).abs(x[0]) + x[1]) ** 2, [0.0, 1.0, 0.0], 2.0, [0.0, 2.0, 0.0]),
+    # a stable sort keeps tied entries in order, ascending and descending: sort(x)[0] = x_0
+    "sort_stable": (lambda x: _xp(x).sort(x)[0] * x[0], [0.5, 0.5, 0.5], 2.0, [1.0, 0.0, 0.0]),
+    "sort_descending": (lambda x: _xp(x).sort(x, descending=True)[0] * x[0], [0.5, 0.5, 0.5], 2.0, [1.0, 0.0, 0.0]),
+    # argmax has no derivative and returns the first maximum
+    "argmax_first": (lambda x: x[_xp(x).argmax(x)] * x[0], [0.5, 0.5, 0.5], 2.0, [1.0, 0.0, 0.0]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TIES))
+def test_exact_ties_follow_the_documented_convention(name):
+    f, x, lap, grad = TIES[name]
+    x = np.array(x)
+    got = {m: mj.laplacian(f, x, method=m, return_grad=True) for m in METHODS}
+    for method, (_, g, result) in got.items():
+        assert float(result) == pytest.approx(lap, abs=1e-12), method
+        np.testing.assert_allclose(g, grad, atol=1e-12, err_msg=method)
+    assert float(got["collapsed"][2]) == float(got["standard"][2])
+
+
+# --- the jet program can be captured again: Δ(Δf) = Δ²f ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name", ["mlp_tanh", "products_quotients", "piecewise", "linalg_sort"])
+def test_laplacian_of_laplacian_is_bilaplacian(name, method):
+    f = ALL_PROGRAMS[name]
+
+    def lap(x):
+        return mj.laplacian(f, x, backend="numpy", method=method)
+
+    nested = mj.laplacian(lap, POINTS, backend="numpy", method=method)
+    assert isinstance(nested, np.ndarray) and nested.shape == (2,)
+    np.testing.assert_allclose(nested, mj.bilaplacian(f, POINTS, backend="numpy"), rtol=1e-12, atol=1e-12)
+
+
+def test_nested_operators_with_control_flow_and_gradient():
+    def f(x):
+        return x[0] ** 4 if x[1] > 0 else x[0] ** 2 * x[2] ** 2
+
+    x = np.array([[1.0, 1.0, 0.3], [1.0, -1.0, 0.3]])
+    np.testing.assert_allclose(mj.laplacian(lambda z: mj.laplacian(f, z), x), [24.0, 8.0], rtol=1e-12)
+
+    def sum_of_gradient(z):  # Σ_i ∂_i Σ_j x_j³ = 3 Σ x_i², whose Laplacian is 18
+        _, grad, _ = mj.laplacian(lambda y: _xp(y).sum(y**3), z, return_grad=True)
+        return _xp(grad).sum(grad)
+
+    np.testing.assert_allclose(mj.laplacian(sum_of_gradient, POINTS), [18.0, 18.0], rtol=1e-12)
+
+
+def test_register_elementwise_gives_the_namespace_a_function(monkeypatch):
+    import math
+
+    from multijet import extend
+    from multijet.derivatives import TABLE
+
+    def erfc_table(xp, x0, y0, K):
+        return [None if d is None else -d for d in TABLE["erf"](xp, x0, y0, K)]
+
+    for registry in (TABLE, extend._ELEMENTWISE):  # removed again afterwards
+        monkeypatch.setitem(registry, "erfc_np", None)
+    mj.register_elementwise("erfc_np", erfc_table, numpy=np.vectorize(math.erfc, otypes=[np.float64]))
+
+    def f(x):
+        xp = _xp(x)
+        return xp.sum(xp.erfc_np(x) * x) + xp.erfc_np(x[0] * x[1])
+
+    def ref(z):
+        return float(sum(math.erfc(v) * v for v in z) + math.erfc(z[0] * z[1]))
+
+    want = [np.trace(fd_hessian(ref, p)) for p in POINTS]
+    for method in METHODS:
+        np.testing.assert_allclose(mj.laplacian(f, POINTS, method=method), want, rtol=1e-6, atol=1e-6)
+    nested = mj.laplacian(lambda x: mj.laplacian(f, x), POINTS)
+    np.testing.assert_allclose(nested, mj.bilaplacian(f, POINTS), rtol=1e-10)
