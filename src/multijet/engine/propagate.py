@@ -44,6 +44,7 @@ def propagate(ctx: Context, program: Program, in_jets: list[list], schedule: Sch
         env[v] = const_jet(ctx.layout.lift(value, v), K)
     for v, jet in zip(program.invars, in_jets, strict=True):
         env[v] = jet
+    dead = _dead_after(program)
     for i, eqn in enumerate(program.eqns):
         ins = [env[v] for v in eqn.ins]
         kind = eqn.kind
@@ -57,7 +58,29 @@ def propagate(ctx: Context, program: Program, in_jets: list[list], schedule: Sch
         for v, jet in zip(eqn.outs, outs, strict=True):
             _check(eqn, v, jet, schedule)
             env[v] = jet
+        for v in dead[i]:  # drop coefficients nothing reads any more (eager backends free them now)
+            env.pop(v, None)
     return [env[v] for v in program.outvars]
+
+
+def _dead_after(program: Program) -> list[tuple]:
+    """For each equation, the values last read by it (never the program's outputs); cached on the program."""
+    cached = program.__dict__.get("_dead_after")
+    if cached is None:
+        last: dict = {}
+        for i, eqn in enumerate(program.eqns):
+            for v in eqn.ins:
+                last[v] = i
+            for v in eqn.outs:
+                last.setdefault(v, i)  # an output nobody reads dies where it is made
+        keep = set(program.outvars)
+        cached = [[] for _ in program.eqns]
+        for v, i in last.items():
+            if v not in keep:
+                cached[i].append(v)
+        cached = [tuple(d) for d in cached]
+        program.__dict__["_dead_after"] = cached
+    return cached
 
 
 def _fit(ctx: Context, jet: list, var) -> list:
