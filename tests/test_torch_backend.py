@@ -16,7 +16,7 @@ from torch.func import hessian, jacrev, vmap  # noqa: E402
 import multijet as mj  # noqa: E402
 from multijet.backends import torch as mjt  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:multijet. no hand-written Taylor rule")
+pytestmark = pytest.mark.filterwarnings("ignore::multijet.engine.GenericRuleWarning")
 
 DT = torch.float64
 METHODS = ["collapsed", "standard", "nested"]
@@ -213,18 +213,19 @@ def test_op_bilaplacian(name):
 
 def test_generic_rule_matches_hand_written():
     """The generic rule (nested jvp) and the hand-written tanh rule agree at order 4."""
-    from multijet.backends import torch_rules as tr
+    from multijet.backends import torch_table as tt
+    from multijet.engine import config
 
     f = PROGRAMS["linear+tanh"]
     X = _randn(2, D, seed=3)
     hand = mj.bilaplacian(f, X, backend="torch")
-    saved = tr.RULES.pop(torch.ops.aten.tanh)
+    saved = tt.TABLE.pop("tanh")
     try:
-        with pytest.warns(UserWarning, match="generic rule"):
-            tr._WARNED.discard("aten.tanh")
+        with pytest.warns(UserWarning, match="generic nested-AD rule"):
+            config._WARNED.discard(("torch", "aten.tanh.default"))
             gen = mj.bilaplacian(f, X, backend="torch")
     finally:
-        tr.RULES[torch.ops.aten.tanh] = saved
+        tt.TABLE["tanh"] = saved
     close(gen, hand, rtol=1e-10, atol=1e-12)
 
 
@@ -443,14 +444,14 @@ def test_data_dependent_control_flow_is_an_error_not_a_wrong_number():
 
 
 def test_strict_mode_refuses_generic_rule():
-    from multijet.backends import torch_rules as tr
+    from multijet import engine
 
-    tr.STRICT = True
+    engine.set_strict(True)
     try:
-        with pytest.raises(mj.UnsupportedPrimitiveError, match="aten.sort"):
-            mj.laplacian(PROGRAMS["sort"], _randn(2, D), backend="torch")
+        with pytest.raises(mj.UnsupportedPrimitiveError, match="aten.prod"):
+            mj.laplacian(PROGRAMS["prod"], _randn(2, D), backend="torch")
     finally:
-        tr.STRICT = False
+        engine.set_strict(False)
 
 
 def test_seed_from_generator():
@@ -471,7 +472,7 @@ def test_emitted_program_runs_under_torch_compile():
 
 
 def test_first_layer_coefficient_is_batch_independent():
-    """With V = I the first layer's per-direction coefficient V Wᵀ = Wᵀ is computed once, not per point."""
+    """With V = I the first layer's per-direction coefficient V Wᵀ = Wᵀ is Wᵀ itself: no matmul, not per point."""
     net = _pinn_net()
     X = _randn(4, 2, seed=4)
     gm = mj.compile(mj.Laplacian(), net, X, backend="torch")._fn.graph_module
@@ -479,8 +480,10 @@ def test_first_layer_coefficient_is_batch_independent():
     for n in gm.graph.nodes:
         depends[n] = n.op == "placeholder" or any(depends[a] for a in n.all_input_nodes)
     mms = [n for n in gm.graph.nodes if n.target is torch.matmul]
-    assert len(mms) == 2 + 3 + 2  # layer 1: x_0, x_1 (S_2 = 0); layer 2: x_0, x_1, S_2; last: x_0, S_2 (x_1 unused)
-    assert sum(not depends[n] for n in mms) == 1  # the first layer's V Wᵀ does not see the batch
+    assert len(mms) == 1 + 3 + 2  # layer 1: x_0 only (x_1 = Wᵀ, S_2 = 0); layer 2: x_0, x_1, S_2; last: x_0, S_2
+    assert all(depends[n] for n in mms)
+    first = next(n for n in gm.graph.nodes if n.target is torch.linalg.vecdot)  # Σ_r (x_1)_r² of the first layer
+    assert not depends[first.args[0]]  # x_1 of the first layer does not see the batch
 
 
 # --- regressions: ops torch cannot differentiate, random ops, nested AD on the captured program ------------
@@ -587,3 +590,23 @@ def test_wrong_input_dimension_and_value_dependent_shapes_are_clear_errors():
         mj.laplacian(lambda x: x[x > 0].sum() ** 2, _randn(2, 3))
     with pytest.raises(ValueError, match="empty batch"):
         mj.laplacian(lambda x: x.sum(), _randn(0, 3))
+
+
+def test_register_elementwise_reaches_torch():
+    from multijet import derivatives, engine, extend
+
+    def erfc_table(xp, x0, y0, K):
+        return [-d for d in derivatives.TABLE["erf"](xp, x0, y0, K)]
+
+    extend.register_elementwise("erfc", erfc_table, torch="erfc")
+
+    def f(x):
+        return (torch.erfc(x) * x).sum() + torch.erfc(x[0] * x[1])
+
+    X = _randn(3, 3, seed=12, scale=0.5)
+    engine.set_strict(True)  # the registered table, not the generic rule
+    try:
+        for method in ("collapsed", "standard"):
+            close(mj.laplacian(f, X, method=method), lap_oracle(f, X))
+    finally:
+        engine.set_strict(False)

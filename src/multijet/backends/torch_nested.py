@@ -1,0 +1,105 @@
+"""The torch baseline and oracle, ``method="nested"``: ``torch.func`` nested first-order AD (Hessian trace or
+forward-over-reverse over the plan's directions; nested jvps for higher orders) of the captured program.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.fx as fx
+
+from ..errors import BackendError
+from ..plan import JetGroup, Plan
+from .torch_capture import capture, check_param_dtypes, one_output
+
+__all__ = ["nested_program", "run_nested"]
+
+
+def _nested_total(f, X: torch.Tensor, group: JetGroup, value: torch.Tensor) -> torch.Tensor:
+    from torch.func import hessian, jacrev, jvp, vmap
+
+    K = group.order
+    V = torch.as_tensor(group.directions, dtype=X.dtype, device=X.device)
+    w = torch.as_tensor(group.weights, dtype=X.dtype, device=X.device)
+    R, D = V.shape
+    if K == 0:
+        return value * w.sum()
+    if K == 1:
+        b = w @ V
+        return vmap(lambda x: jvp(f, (x,), (b,))[1])(X)
+    if K == 2:
+        if R >= D:  # the Hessian itself (forward-over-reverse over e_1..e_D), contracted with Vᵀ diag(w) V
+            C = (V.T * w) @ V
+            Hs = vmap(hessian(f))(X)  # (N, *out, D, D)
+            return (Hs * C).sum((-1, -2))
+
+        def one(x):
+            def hvp(v):
+                return jvp(jacrev(f), (x,), (v,))[1] @ v  # (*out)
+
+            return torch.einsum("r,r...->...", w, vmap(hvp)(V))
+
+        return vmap(one)(X)
+
+    def kth(x, v):
+        def g(t):
+            return f(x + t * v)
+
+        fns = [g]
+        for _ in range(K):
+            prev = fns[-1]
+            fns.append(lambda t, prev=prev: jvp(prev, (t,), (torch.ones_like(t),))[1])
+        return fns[K](torch.zeros((), dtype=x.dtype, device=x.device))
+
+    def one(x):
+        return torch.einsum("r,r...->...", w, vmap(lambda v: kth(x, v))(V))
+
+    return vmap(one)(X)
+
+
+#: Ops whose forward-mode AD torch gets wrong when the primal is batched by ``vmap`` (seen with torch 2.13:
+#: ``vmap(hessian(det))`` differs from the per-point Hessian for every point but the first).
+_VMAP_UNSAFE = ("linalg", "_linalg", "det", "logdet", "slogdet", "inverse", "cholesky", "lu", "triangular_solve")
+
+
+def nested_program(f, x_point: torch.Tensor) -> tuple[Callable, bool]:
+    """The function nested AD differentiates, and whether it may be vmapped over points.
+
+    That is the captured ATen program (composite ops such as ``layer_norm`` decomposed, since torch's
+    higher-order forward AD of some fused kernels is wrong), or ``f`` itself if it cannot be captured once
+    (Python control flow on values).
+    """
+    check_param_dtypes(f, x_point.dtype)
+    try:
+        gm = capture(f, x_point.detach())
+    except BackendError:
+        return one_output(f), True
+    names = [getattr(n.target, "__name__", "") for n in gm.graph.nodes if n.op == "call_function"]
+    return gm, not any(name.startswith(_VMAP_UNSAFE) for name in names)
+
+
+def run_nested(plan: Plan, f, X: torch.Tensor, return_grad: bool, program=None):
+    """Nested ``torch.func`` AD of the captured program (or of ``f`` where an op of it lacks forward AD)."""
+    g, batchable = program if program is not None else nested_program(f, X[0])
+    try:
+        return _nested_batch(plan, g, X, return_grad, batchable)
+    except NotImplementedError:  # e.g. aten.copy from an in-place assignment has no forward-AD formula
+        if not isinstance(g, fx.GraphModule):
+            raise
+        return _nested_batch(plan, one_output(f), X, return_grad, batchable)
+
+
+def _nested_batch(plan: Plan, g, X: torch.Tensor, return_grad: bool, batchable: bool):
+    from torch.func import jacrev, vmap
+
+    if not batchable:  # point by point: a batch of one is exact where vmap over points is not
+        parts = [_nested_batch(plan, g, X[i : i + 1], return_grad, True) for i in range(X.shape[0])]
+        return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True))
+    value = vmap(g)(X)
+    total = None
+    for group in plan.groups:
+        t = _nested_total(g, X, group, value)
+        total = t if total is None else total + t
+    grad = vmap(jacrev(g))(X) if return_grad else None
+    return value, total, grad
