@@ -241,6 +241,25 @@ def test_core_never_imports_the_benchmark_harness():
     assert not bad, "core modules reach multijet.bench:\n  " + "\n  ".join(bad)
 
 
+def test_engine_imports_no_framework():
+    """``engine/`` (with the Taylor arithmetic, derivative tables and registry) never imports torch or jax."""
+    core = ("multijet.taylor", "multijet.derivatives", "multijet.extend")
+    bad = []
+    for name, path in _modules().items():
+        if not (name == "multijet.engine" or name.startswith("multijet.engine.") or name in core):
+            continue
+        for node in _walk_runtime(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                targets = [node.module or ""]
+            else:
+                continue
+            bad += [f"{name} (line {node.lineno}) imports {t}" for t in targets if t.split(".")[0] in ("torch", "jax")]
+    assert "multijet.engine.outputs" in _modules()
+    assert not bad, "\n".join(bad)
+
+
 @pytest.mark.parametrize("statement", ["import multijet", "import multijet.api, multijet.cli"])
 def test_import_loads_no_framework_and_no_bench(statement):
     heavy = ("torch", "jax", "multijet.bench", "multijet.compare", "multijet.autotune")

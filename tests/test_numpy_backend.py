@@ -324,18 +324,21 @@ def test_nested_operators_with_control_flow_and_gradient():
     np.testing.assert_allclose(mj.laplacian(sum_of_gradient, POINTS), [18.0, 18.0], rtol=1e-12)
 
 
-def test_register_elementwise_gives_the_namespace_a_function(monkeypatch):
+@pytest.fixture
+def erfc_np():
     import math
 
-    from multijet import extend
     from multijet.derivatives import TABLE
 
     def erfc_table(xp, x0, y0, K):
         return [None if d is None else -d for d in TABLE["erf"](xp, x0, y0, K)]
 
-    for registry in (TABLE, extend._ELEMENTWISE):  # removed again afterwards
-        monkeypatch.setitem(registry, "erfc_np", None)
-    mj.register_elementwise("erfc_np", erfc_table, numpy=np.vectorize(math.erfc, otypes=[np.float64]))
+    with mj.register_elementwise("erfc_np", erfc_table, numpy=np.vectorize(math.erfc, otypes=[np.float64])):
+        yield  # removed again afterwards
+
+
+def test_register_elementwise_gives_the_namespace_a_function(erfc_np):
+    import math
 
     def f(x):
         xp = _xp(x)

@@ -21,7 +21,7 @@ from .api import (
 from .backends import register_backend
 from .engine.config import GenericRuleWarning, set_strict
 from .errors import BackendError, MultijetError, PlanError, UnsupportedPrimitiveError
-from .extend import register_elementwise
+from .extend import register_elementwise, unregister_elementwise
 from .plan import JetGroup, Plan
 from .spec import Bilaplacian, Laplacian, LinearOperator, Operator, SumOperator, WeightedLaplacian
 
@@ -63,6 +63,7 @@ __all__ = [
     "available_backends",
     "register_backend",
     "register_elementwise",
+    "unregister_elementwise",
     "set_strict",
     "GenericRuleWarning",
     "compare",

@@ -21,77 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from ._text import plain_table
+from ._cli_output import Progress, fits_table, show, table
 from .bench.programs import OPERATORS, PAPER_WIDTHS
 from .errors import MultijetError
 from .plan import DISTRIBUTIONS, METHODS
 
 __all__ = ["main", "build_parser"]
-
-
-# --- output: rich when installed, plain text otherwise ---------------------------------------------------------
-
-
-def _console():
-    try:
-        from rich.console import Console
-
-        return Console()
-    except ImportError:
-        return None
-
-
-def _print(obj: Any) -> None:
-    console = _console()
-    if console is not None:
-        console.print(obj)
-    else:
-        print(obj)
-
-
-def _table(title: str, head: list[str], rows: list[list[str]]) -> Any:
-    try:
-        from rich.table import Table
-    except ImportError:
-        return f"{title}\n\n{plain_table(head, rows)}"
-    from rich.markup import escape
-
-    t = Table(*map(escape, head), title=escape(title), title_justify="left")
-    for r in rows:
-        t.add_row(*map(escape, r))
-    return t
-
-
-class _Progress:
-    """A rich progress bar, or one plain line per step."""
-
-    def __init__(self, description: str):
-        self.description = description
-        self._bar = None
-        self._task = None
-
-    def __enter__(self) -> _Progress:
-        try:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        except ImportError:
-            return self
-        self._bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("{task.fields[step]}"),
-        )  # fmt: skip
-        self._bar.__enter__()
-        self._task = self._bar.add_task(self.description, total=None, step="")
-        return self
-
-    def __call__(self, what: str, done: int, total: int) -> None:
-        if self._bar is not None:
-            self._bar.update(self._task, completed=done, total=total, step=what)
-        else:
-            print(f"[{done}/{total}] {what}", flush=True)
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
 
 
 # --- argument types --------------------------------------------------------------------------------------------
@@ -262,7 +197,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows.append(["backends", ", ".join(info["backends"]) or "none"])
     rows += [[f"devices ({k})", ", ".join(v)] for k, v in info["devices"].items()]
     rows.append(["autotune cache", info["autotune_cache"] + "  (override with $MULTIJET_CACHE_DIR)"])
-    _print(_table("multijet info", ["item", "value"], rows))
+    show(table("multijet info", ["item", "value"], rows))
     return 0
 
 
@@ -307,7 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError("no backend × method to run: the chosen backends offer none of the chosen methods")
     _writable_dir(args.out)  # before the run, not after it
     stem = args.name or f"{args.operator}{'-randomised' if randomised else ''}-D{args.dim}"
-    with _Progress(f"bench {stem}") as progress:
+    with Progress(f"bench {stem}") as progress:
         result = run_bench(cfg, progress=progress)
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"{stem}.json"
@@ -318,31 +253,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             written.append(plot_bench(result, args.out / f"{stem}.png"))
         except ImportError as exc:
             print(f"multijet: no plot: {exc}", file=sys.stderr)
-    _print(_fits_table(result))
+    show(fits_table(result))
     for name, err in result["errors"].items():
         print(f"  could not run {name}: {err.splitlines()[0] if err else ''}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
-
-
-def _fits_table(result: dict[str, Any]) -> Any:
-    unit = result["config"]["unit"]
-    nested = {f["backend"]: f["time_ms_per_unit"] for f in result["fits"] if f["method"] == "nested"}
-
-    def fmt(v: float | None, p: int = 3) -> str:
-        return "—" if v is None else ("0" if abs(v) < 1e-9 else f"{v:.{p}g}")
-
-    rows = []
-    for f in result["fits"]:
-        ratio = None
-        if nested.get(f["backend"]) and f["time_ms_per_unit"] is not None:
-            ratio = f["time_ms_per_unit"] / nested[f["backend"]]
-        mem = [fmt(f[f"mem_{m}_mib_per_unit"]) for m in ("nondifferentiable", "differentiable")]
-        rows.append([f["backend"], f["method"], fmt(f["time_ms_per_unit"]), fmt(ratio, 2), *mem, fmt(f["time_r2"], 3)])
-    c = result["config"]
-    title = f"{c['operator']} D={c['dim']} {c['dtype']}: fitted cost per {unit} (time: min of repetitions)"
-    head = ["backend", "method", f"ms/{unit}", "× nested", f"MiB/{unit} (no grad)", f"MiB/{unit} (grad)", "R² time"]
-    return _table(title, head, rows)
 
 
 def _demo_network(dim: int, width: int, dtype: str, seed: int):
@@ -365,7 +280,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.pairs:
         print(report.table(pairs=True))
     else:
-        _print(report)
+        show(report)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report.to_dict(), indent=1))
@@ -385,7 +300,7 @@ def cmd_autotune(args: argparse.Namespace) -> int:
     result = autotune(op, f, x, backends=args.backends, methods=args.methods, samples=args.samples,
                       distribution=args.distribution, seed=args.seed, repeats=args.repeats, budget=args.budget,
                       cache=not args.no_cache, retune=args.retune)  # fmt: skip
-    _print(result)
+    show(result)
     return 0 if result.best is not None else 1
 
 

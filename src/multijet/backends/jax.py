@@ -21,10 +21,10 @@ from jax.extend import source_info_util
 from .. import engine
 from ..engine import kinds
 from ..engine.generic import taylor_derivatives
+from ..engine.outputs import stack_outputs
 from ..engine.program import Equation, Program, Var
 from ..plan import Plan
 from .jax_table import KINDS, RULES, bind_fn, map_lead, register_rule
-from .outputs import stack_outputs
 
 __all__ = ["NAME", "run", "compile", "seed_from", "register_rule", "RULES", "KINDS", "set_strict", "capture"]
 

@@ -356,10 +356,25 @@ def _zero_method(name: str):
     return method
 
 
-def _registered_elementwise(name: str, native: Callable) -> None:
-    """``multijet.register_elementwise(name, table, numpy=native)``: the namespace gains ``xp.<name>``."""
+def _registered_elementwise(name: str, native: Callable) -> Callable[[], None]:
+    """``multijet.register_elementwise(name, table, numpy=native)``: the namespace gains ``xp.<name>``;
+    returns the undo."""
+    previous_native, previous_method = T._NP_UNARY.get(name), _Namespace.__dict__.get(name)
     T.register_unary(name, native)
     setattr(_Namespace, name, _unary_method(name))
+
+    def undo() -> None:
+        if previous_native is None:
+            T._NP_UNARY.pop(name, None)
+            T.elementwise.cache_clear()
+        else:
+            T.register_unary(name, previous_native)
+        if previous_method is None:
+            delattr(_Namespace, name)
+        else:
+            setattr(_Namespace, name, previous_method)
+
+    return undo
 
 
 for _n in _UNARY:

@@ -17,10 +17,10 @@ import sys
 
 import numpy as np
 
+from ..engine.outputs import stack_outputs
 from ..engine.program import Equation, Program, Var
 from ..engine.source import PACKAGE_DIR
 from ..errors import UnsupportedPrimitiveError
-from .outputs import stack_outputs
 
 __all__ = ["Tracer", "Recorder", "PerPoint", "record", "xp_of", "is_tracer", "unsupported", "capture", "NAME"]
 

@@ -22,10 +22,10 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 
 from .. import engine
+from ..engine.outputs import stack_outputs
 from ..engine.program import Equation, Program, Var
 from ..engine.source import user_line_from_stack
 from ..errors import BackendError, MultijetError, UnsupportedPrimitiveError
-from .outputs import stack_outputs
 from .torch_emit import Cst, Emitter
 from .torch_generic import make_generic
 from .torch_node import COMPOSED, In, NodeInfo

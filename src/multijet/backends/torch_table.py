@@ -227,9 +227,39 @@ def decompositions():
     )  # fmt: skip
 
 
-def _on_elementwise(name: str, native) -> None:
-    """``mj.register_elementwise(name, table, torch=op)``: the ATen op (or its name) gets the shared table."""
-    TABLE[native if isinstance(native, str) else key_of(native)] = _elementwise(name)
+def _native_key(native) -> str:
+    """The table key of ``register_elementwise(…, torch=native)``: an ATen op (packet or overload), its name
+    (``"erfc"``), or a torch function recording one ATen op (``torch.special.erfc`` records ``aten.erfc``)."""
+    if isinstance(native, torch._ops.OpOverload | torch._ops.OpOverloadPacket):
+        return _key(native)
+    if isinstance(native, str):
+        if "." not in native and not hasattr(aten, native):
+            raise ValueError(f"torch.ops.aten has no op {native!r} (torch= names the ATen op the capture records)")
+        return native
+    if not callable(native):
+        raise TypeError(f"torch= takes an ATen op, its name or a torch function, got {native!r}")
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gm = make_fx(lambda t: native(t), decomposition_table=decompositions())(torch.zeros((), dtype=torch.float64))
+    ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    if len(ops) != 1 or not isinstance(ops[0], torch._ops.OpOverload):
+        raise ValueError(f"torch={native!r} records {[node_name(o) for o in ops]}, not one ATen op")
+    return _key(ops[0].overloadpacket)
+
+
+def _on_elementwise(name: str, native) -> Callable[[], None]:
+    """``mj.register_elementwise(name, table, torch=op)``: the ATen op gets the shared table; returns the undo."""
+    key = _native_key(native)
+    previous = TABLE.get(key)
+    TABLE[key] = _elementwise(name)
+
+    def undo() -> None:
+        if previous is None:
+            TABLE.pop(key, None)
+        else:
+            TABLE[key] = previous
+
+    return undo
 
 
 on_register("torch", _on_elementwise)

@@ -5,7 +5,8 @@
 * :mod:`.schedule` — structural zeros, direction dependence and collapse points, computed once;
 * :mod:`.propagate` — the interpreter loop with the shared rules (:mod:`.rules`, :mod:`.selection`,
   :mod:`.generic`, :mod:`.control`);
-* :mod:`.run` — seeding the plan's jet groups and reading off value, operator and gradient.
+* :mod:`.run` — seeding the plan's jet groups and reading off value, operator and gradient;
+* :mod:`.outputs` — what every capture does with ``f``'s output (a tuple/list stacked).
 
 Framework-free: nothing here imports torch or jax.
 """
@@ -13,6 +14,7 @@ Framework-free: nothing here imports torch or jax.
 from . import kinds
 from .config import GenericRuleWarning, is_strict, set_strict
 from .context import Context, Identity, Layout
+from .outputs import stack_outputs
 from .program import Equation, Program, Var
 from .propagate import propagate
 from .run import GroupSpec, evaluate, group_specs, schedule_for
@@ -36,4 +38,5 @@ __all__ = [
     "set_strict",
     "is_strict",
     "GenericRuleWarning",
+    "stack_outputs",
 ]

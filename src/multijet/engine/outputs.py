@@ -1,4 +1,6 @@
-"""What every capture does with ``f``'s output: one array, or a tuple/list of equal shapes stacked."""
+"""What every capture does with ``f``'s output: one array, or a tuple/list of equal shapes stacked.
+
+Framework-free: the backend passes its own ``asarray`` and ``stack``."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ DICT_OUTPUT = "f returned a dict; return one array (or a tuple/list of equally s
 
 
 def stack_outputs(f: Callable, asarray: Callable, stack: Callable) -> Callable:
-    """``f`` with a tuple/list of equally shaped outputs stacked into one array (as every backend does)."""
+    """``f`` with a tuple/list of equally shaped outputs stacked into one array (as every backend does);
+    ``asarray`` converts one output, ``stack`` stacks a list of them (the backend's native functions)."""
 
     def g(x):
         out = f(x)
