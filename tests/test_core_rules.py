@@ -164,3 +164,30 @@ def test_collapsed_equals_standard(order, rng):
     check(taylor.product(x_std, b_std, std), taylor.product(x_col, b_col, col))
     check(taylor.add(x_std, b_std), taylor.add(x_col, b_col))
     check(taylor.linear(x_std, lambda c: 3 * c), taylor.linear(x_col, lambda c: 3 * c))
+
+
+def _tril_half(m):
+    n = m.shape[-1]
+    return m * (np.tril(np.ones((n, n))) - 0.5 * np.eye(n))
+
+
+def test_cholesky_rule():
+    """``L(t) = chol(A(t))`` with ``A`` a matrix polynomial in t: the rule gives d^k/dt^k L at t = 0 (mpmath)."""
+    rng = np.random.default_rng(5)
+    n, order = 3, 4
+    B = rng.normal(size=(order + 1, n, n))
+    a = [B[0] @ B[0].T + n * np.eye(n)] + [B[k] + B[k].T for k in range(1, order + 1)]
+
+    def A(t):
+        return mpmath.matrix([[sum(c[i, j] * t**k / math.factorial(k) for k, c in enumerate(a)) for j in range(n)]
+                              for i in range(n)])  # fmt: skip
+
+    l0 = np.linalg.cholesky(a[0])
+    ctx = _univariate_ctx(order)
+    out = taylor.cholesky(a, l0, np.linalg.inv(l0), ctx, np.matmul, lambda p: np.swapaxes(p, -1, -2), _tril_half)
+    for k in range(order + 1):
+        for i in range(n):
+            for j in range(i + 1):
+                want = float(mpmath.diff(lambda t, i=i, j=j: mpmath.cholesky(A(t))[i, j], 0, k))
+                assert out[k][i, j] == pytest.approx(want, rel=1e-10, abs=1e-10), (k, i, j)
+        assert np.all(np.triu(out[k], 1) == 0)

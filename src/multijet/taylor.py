@@ -34,6 +34,9 @@ __all__ = [
     "elementwise",
     "product",
     "top_sum",
+    "inverse",
+    "logdet",
+    "cholesky",
 ]
 
 
@@ -272,4 +275,40 @@ def logdet(a: Coeffs, inv: Coeffs, l0: Array, ctx: JetContext, trace_of_product:
         if mixed is not None:
             total = _add(total, ctx.wsum(mixed))
         out[k] = total
+    return out
+
+
+def cholesky(
+    a: Coeffs,
+    l0: Array,
+    l0_inv: Array,
+    ctx: JetContext,
+    mul: Callable[[Array, Array], Array],
+    transpose: Callable[[Array], Array],
+    phi: Callable[[Array], Array],
+) -> Coeffs:
+    """Cholesky factor ``A = L Lᵀ``: Leibniz gives ``L_0 L_kᵀ + L_k L_0ᵀ = M_k := A_k − Σ_{0<i<k} C(k, i) L_i
+    L_{k−i}ᵀ``, and since ``L_0⁻¹ L_k`` is lower triangular, ``L_k = L_0 Φ(L_0⁻¹ M_k L_0⁻ᵀ)`` with ``Φ`` the
+    strictly lower part plus half the diagonal.
+
+    ``l0_inv = L_0⁻¹``; ``transpose`` swaps the last two axes, ``phi`` is ``Φ``. The sum over ``i`` pairs
+    ``i`` with ``k − i`` (``P + Pᵀ``). Collapsed, ``M_K`` enters linearly: ``S_K(M) = S_K(A) − Σ_r w_r [Σ …]``.
+    """
+    K = ctx.order
+    out: Coeffs = [l0] + [None] * K
+    inv_t = transpose(l0_inv) if K >= 1 else None
+    for k in range(1, K + 1):
+        mixed = None
+        for i in range(1, k // 2 + 1):
+            li, lj = out[i], out[k - i]
+            if li is None or lj is None:
+                continue
+            p = mul(li, transpose(lj))
+            term = p if 2 * i == k else p + transpose(p)
+            mixed = _add(mixed, _mul_const(math.comb(k, i), term))
+        if mixed is not None and ctx.collapsed and k == K:
+            mixed = ctx.wsum(mixed)
+        m = a[k] if mixed is None else (-mixed if a[k] is None else a[k] - mixed)
+        if m is not None:
+            out[k] = mul(l0, phi(mul(mul(l0_inv, m), inv_t)))
     return out

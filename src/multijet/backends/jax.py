@@ -24,6 +24,7 @@ from ..engine.generic import taylor_derivatives
 from ..engine.outputs import stack_outputs
 from ..engine.program import Equation, Program, Var
 from ..plan import Plan
+from .jax_linalg import LINALG_CALLS  # noqa: F401  (registers the linear-algebra rules)
 from .jax_table import KINDS, RULES, bind_fn, map_lead, register_rule
 
 __all__ = ["NAME", "run", "compile", "seed_from", "register_rule", "RULES", "KINDS", "set_strict", "capture"]

@@ -286,7 +286,8 @@ for _n in ("reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims",
            "cumsum", "convert_element_type", "copy", "copy_p", "reduce_precision", "real", "imag", "conj",
            "dynamic_slice", "gather", "split", "sharding_constraint", "optimization_barrier"):  # fmt: skip
     register_rule(_n, _linear((0,)), "linear")
-register_rule("concatenate", _linear(None), "linear")
+for _n in ("concatenate", "stack"):
+    register_rule(_n, _linear(None), "linear")
 register_rule("pad", _linear((0, 1)), "linear")
 register_rule("dynamic_update_slice", _linear((0, 1)), "linear")
 for _n in ("scatter-add", "scatter_add", "scatter"):

@@ -1,7 +1,7 @@
 """The tracer namespace's composite functions: written through the namespace's own primitives, so each
 records several equations (transposes, ``tensordot``, ``prod``, statistics, ``logaddexp``, ``hypot``,
-``atan2``, norms) — and ``xp.linalg``, whose ``inv``/``solve``/``slogdet``/``det`` are the engine's
-linear-algebra kinds.
+``atan2``, norms) — and ``xp.linalg``, whose ``inv``/``solve``/``slogdet``/``det``/``cholesky`` are the
+engine's linear-algebra kinds.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class _SlogdetResult(tuple):
 
 
 class Linalg:
-    """``xp.linalg``: inverse, solve, determinants (the engine's linear-algebra rules) and norms."""
+    """``xp.linalg``: inverse, solve, determinants, Cholesky (the engine's linear-algebra rules) and norms."""
 
     def matmul(self, a, b):
         return Tracer.ns.matmul(a, b)
@@ -179,6 +179,12 @@ class Linalg:
 
     def det(self, x):
         return record1("det", T.linalg("det"), x) if is_tracer(x) else np.linalg.det(x)
+
+    def cholesky(self, x, upper=False):
+        if not is_tracer(x):
+            return np.linalg.cholesky(x, upper=upper)
+        factor = record1("cholesky", T.linalg("cholesky"), x)
+        return Tracer.ns.matrix_transpose(factor) if upper else factor
 
     def __getattr__(self, name):
         def constant_only(*args, **kwargs):

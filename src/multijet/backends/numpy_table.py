@@ -256,8 +256,21 @@ def _trace(p, q):
     return [np.einsum("...ij,...ji->...", p, q)]
 
 
+def _transpose(c):
+    return [xp_of(c).swapaxes(c, -1, -2)]
+
+
+def _phi(c):
+    """The strictly lower triangle plus half the diagonal (a product with a constant mask)."""
+    n = c.shape[-1]
+    return [c * (np.tril(np.ones((n, n), dtype=c.dtype)) - 0.5 * np.eye(n, dtype=c.dtype))]
+
+
 def linalg(op: str, sa: tuple = (), sb: tuple = ()) -> kinds.Linalg:
-    """``inv``, ``solve`` (``sa``, ``sb``: point shapes of ``A`` and ``b``), ``slogdet`` or ``det``."""
+    """``inv``, ``solve`` (``sa``, ``sb``: point shapes of ``A`` and ``b``), ``slogdet``, ``det`` or ``cholesky``."""
+    if op == "cholesky":
+        chol = lambda a: [xp_of(a).linalg.cholesky(a)]  # noqa: E731
+        return kinds.Linalg("cholesky", chol, _inv, _mm, transpose=_transpose, phi=_phi)
     if op == "inv":
         return kinds.Linalg("inv", _inv, _inv, _mm, _trace)
     if op == "slogdet":

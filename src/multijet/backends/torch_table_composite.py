@@ -335,9 +335,11 @@ def _slogdet(a):
 def _linalg(op, outputs, extra=None):
     def build(n):
         A = n.args[0]
-        if not isinstance(A, In) or len(A.shape) != 2 or any(n.cap.used(v) for v in n.outs[outputs:]):
+        if not isinstance(A, In) or len(A.shape) < 2 or any(n.cap.used(v) for v in n.outs[outputs:]):
             return None
         impl = extra(n) if extra is not None else {}
+        if impl is None:
+            return None
         fn = impl.pop("fn")
         _eq(n, kinds.Linalg(op, fn, _inv, _mm, _trace, **impl), [v.var for v in n.args if isinstance(v, In)],
             n.outs[:outputs])  # fmt: skip
@@ -348,7 +350,9 @@ def _linalg(op, outputs, extra=None):
 
 def _solve_parts(n):
     left = n.kwargs.get("left", True)
-    B = n.args[1]
+    A, B = n.args[0], n.args[1]
+    if not isinstance(A, In) or len(A.shape) != 2:  # batched A: torch's vector/matrix right-hand sides differ
+        return None
     vec = len(B.shape) == 1
     shape = n.outs[0].shape
 
@@ -374,6 +378,24 @@ def _solve(n):
     return _linalg("solve", 1, lambda n: parts)(n)
 
 
+def _transpose(p):
+    return [p.map(torch.transpose, -1, -2)]
+
+
+def _phi(p):
+    """The strictly lower triangle plus half the diagonal."""
+    diag = p.map(torch.diagonal, dim1=-2, dim2=-1, shape=p.shape[:-1]).map(torch.diag_embed, shape=p.shape)
+    return [p.map(torch.tril, -1) + diag * 0.5]
+
+
+def _cholesky_parts(n):
+    if n.arg(1, "upper", False):
+        return None
+    return {"fn": lambda a: [a.map(torch.linalg.cholesky)], "transpose": _transpose, "phi": _phi}
+
+
+TABLE["linalg_cholesky_ex"] = _linalg("cholesky", 1, _cholesky_parts)
+TABLE["cholesky"] = _linalg("cholesky", 1, _cholesky_parts)
 TABLE["linalg_inv_ex"] = _linalg("inv", 1, lambda n: {"fn": _inv})
 TABLE["_linalg_slogdet"] = _linalg("slogdet", 2, lambda n: {"fn": _slogdet})
 TABLE["_linalg_det"] = _linalg("det", 1, lambda n: {"fn": lambda a: [a.map(torch.linalg.det)], "slogdet": _slogdet})

@@ -121,12 +121,14 @@ class Selection:
 
 @dataclass(frozen=True, eq=False)
 class Linalg:
-    """Linear algebra through the shared Taylor rules: ``op`` in ``inv``, ``solve``, ``slogdet``, ``det``.
+    """Linear algebra through the shared Taylor rules: ``op`` in ``inv``, ``solve``, ``slogdet``, ``det``,
+    ``cholesky``.
 
     ``fn`` computes the primal outputs; ``inv(a)`` the inverse; ``matmul(p, q)`` the lifted (batched)
     matrix product; ``trace(p, q)`` the lifted ``tr(p q)`` over the last two axes; ``apply(p, q)`` the
     lifted product ``p q`` of an inverse and the right-hand side (``solve``); ``slogdet(a)`` the lifted
-    ``[sign, log|det|]`` (``det``).
+    ``[sign, log|det|]`` (``det``); ``transpose(p)`` swaps the last two axes and ``phi(p)`` keeps the
+    strictly lower triangle plus half the diagonal (``cholesky``, whose ``fn`` returns the lower factor).
     """
 
     op: str
@@ -136,6 +138,8 @@ class Linalg:
     trace: Callable | None = None
     apply: Callable | None = None
     slogdet: Callable | None = None
+    transpose: Callable | None = None
+    phi: Callable | None = None
     kind: str = field(default="linalg", init=False)
 
 

@@ -133,7 +133,7 @@ def divide(ctx: Context, eqn: Equation, ins: list[list]) -> list[list]:
 
 def linalg(ctx: Context, eqn: Equation, ins: list[list]) -> list[list]:
     """``inv``: ``Y_k = −Y_0 Σ_j C(k,j) A_j Y_{k−j}``; ``solve``: ``A⁻¹ B`` by Leibniz; ``slogdet``:
-    ``L_k = Σ_j C(k−1, j) tr(Y_j A_{k−j})``; ``det = sign · exp(L)``."""
+    ``L_k = Σ_j C(k−1, j) tr(Y_j A_{k−j})``; ``det = sign · exp(L)``; ``cholesky``: ``L_k = L_0 Φ(L_0⁻¹ M_k L_0⁻ᵀ)``."""
     impl = eqn.impl
     ins = [ctx.materialize(j, v) for j, v in zip(ins, eqn.ins, strict=True)]
     a = ins[0]
@@ -145,6 +145,10 @@ def linalg(ctx: Context, eqn: Equation, ins: list[list]) -> list[list]:
 
     if impl.op == "inv":
         return [taylor.inverse(a, primal[0], ctx.tctx, mm)]
+    if impl.op == "cholesky":
+        l0 = primal[0]
+        tr, phi = (lambda p: impl.transpose(p)[0]), (lambda p: impl.phi(p)[0])
+        return [taylor.cholesky(a, l0, impl.inv(l0)[0], ctx.tctx, mm, tr, phi)]
     if impl.op == "solve":
         inv = taylor.inverse(a, impl.inv(a[0])[0], ctx.tctx, mm)
         out = taylor.product(inv, ins[1], ctx.tctx, mul=lambda p, q: impl.apply(p, q)[0])

@@ -183,6 +183,11 @@ def _linalg(eqn: Equation, ins: list[Pattern], K: int, collapsed: bool):
         inv.append(any(a[j] and inv[k - j] for j in range(1, k + 1)))
     inv_p = tuple(inv)
     op = eqn.impl.op
+    if op == "cholesky":  # L_k from A_k and L_i L_{k−i}ᵀ, 0 < i < k
+        fac = [True]
+        for k in range(1, K + 1):
+            fac.append(a[k] or any(fac[i] and fac[k - i] for i in range(1, k)))
+        return [tuple(fac)], collapsed and any(fac[i] and fac[K - i] for i in range(1, K)), ()
     if op == "inv":
         return [inv_p], collapsed and any(a[j] and inv[K - j] for j in range(1, K)), ()
     if op == "solve":
