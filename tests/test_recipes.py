@@ -123,6 +123,30 @@ def test_unregister_elementwise_restores_the_tables():
     r.remove()  # removing twice is a no-op
 
 
+@pytest.mark.jax
+def test_unregister_restores_the_jax_table():
+    """Removing a JAX registration restores what the primitive meant before (here: the generic rule)."""
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+    from jax import lax
+
+    from multijet.backends import jax_table
+
+    before = (jax_table.RULES.pop("erfc", None), jax_table.KINDS.pop("erfc", None))  # as if never registered
+    try:
+        with mj.register_elementwise("toy_erfc_jax", _erfc_table, jax="erfc"):
+            assert jax_table.KINDS["erfc"] == "elementwise"
+        assert "erfc" not in jax_table.RULES and "erfc" not in jax_table.KINDS
+        x = jnp.asarray(X)
+        want = mj.laplacian(lambda v: jnp.sum(lax.erfc(v)), x, method="nested")
+        with pytest.warns(mj.GenericRuleWarning, match="erfc"):
+            got = mj.laplacian(lambda v: jnp.sum(lax.erfc(v)) * 1.0, x)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5)
+    finally:
+        if before[0] is not None:
+            jax_table.RULES["erfc"], jax_table.KINDS["erfc"] = before
+
+
 # --- a new operator: Σ_i a_i ∂_i⁴ as one subclass --------------------------------------------------------------
 
 

@@ -312,9 +312,20 @@ register_rule("scan", _scan, "scan")
 register_rule("while", _while, "while")
 
 
-def _registered_elementwise(name: str, prim) -> None:
-    """A function registered with :func:`multijet.extend.register_elementwise` for JAX."""
-    register_rule(getattr(prim, "name", prim), _elementwise(name), "elementwise")
+def _registered_elementwise(name: str, prim) -> Callable[[], None]:
+    """A function registered with :func:`multijet.extend.register_elementwise` for JAX; returns its undo."""
+    key = getattr(prim, "name", prim)
+    before = (RULES.get(key), KINDS.get(key))
+    register_rule(key, _elementwise(name), "elementwise")
+
+    def undo() -> None:
+        if before[0] is None:
+            RULES.pop(key, None)
+            KINDS.pop(key, None)
+        else:
+            RULES[key], KINDS[key] = before
+
+    return undo
 
 
 extend.on_register("jax", _registered_elementwise)
