@@ -50,7 +50,7 @@ def test_plan_reproduces_random_operators(dim, orders, rng):
 
 @pytest.mark.parametrize("dim", [1, 2, 3, 4, 6])
 def test_bilaplacian_uses_d_squared_directions(dim):
-    plan = make_plan(mj.Bilaplacian(), dim)
+    plan = make_plan(mj.Bilaplacian(), dim, route="directions")
     (group,) = plan.groups
     assert group.order == 4
     expected = dim * dim - (dim if dim == 4 else 0)  # weight 1 − (D−1)/3 of e_i vanishes at D = 4
@@ -175,7 +175,9 @@ def test_plan_errors():
     with pytest.raises(ValueError, match="3 rows but x has dimension D=2"):
         make_plan(mj.WeightedLaplacian(np.eye(3)), 2)
     with pytest.raises(mj.PlanError, match="gaussian"):
-        make_plan(mj.Bilaplacian(), 3, samples=4, distribution="rademacher")
+        make_plan(mj.Bilaplacian(), 3, samples=4, distribution="rademacher", route="directions")
+    # Rademacher is unbiased at each order-2 level of the composition Δ(Δf), so that route is taken
+    assert make_plan(mj.Bilaplacian(), 3, samples=4, distribution="rademacher").route == "composition"
     with pytest.raises(mj.PlanError, match="exact"):
         make_plan(mj.LinearOperator({(3, 0): 1.0}), 2, samples=4, distribution="gaussian")
     with pytest.raises(ValueError, match="unknown distribution"):

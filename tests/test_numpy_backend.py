@@ -208,7 +208,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown distribution"):
         mj.laplacian(f, POINTS, samples=3, distribution="sobol")
     with pytest.raises(mj.PlanError, match="Rademacher"):
-        mj.bilaplacian(f, POINTS, samples=3, distribution="rademacher")
+        mj.bilaplacian(f, POINTS, samples=3, distribution="rademacher", route="directions")
     with pytest.raises(ValueError, match=r"shape \(D,\) or \(N, D\)"):
         mj.laplacian(f, np.zeros((2, 2, 3)))
     with pytest.raises(TypeError, match="floating-point"):

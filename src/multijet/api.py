@@ -11,6 +11,7 @@ from .backends import available_backends, get_backend, infer_backend
 from .backends.interop import interop
 from .errors import BackendError
 from .plan import DISTRIBUTIONS, METHODS, Plan, make_plan
+from .routes import compile_plan, run_plan
 from .spec import Bilaplacian, Laplacian, Operator, WeightedLaplacian
 
 __all__ = [
@@ -64,9 +65,11 @@ def plan(
     samples: int | None = None,
     distribution: str | None = None,
     seed: int | None = None,
+    route: str | None = None,
 ) -> Plan:
-    """The printable plan (jet groups, directions, weights, cost) for ``op`` at input dimension ``dim``."""
-    return make_plan(op, dim, samples=samples, distribution=_distribution(op, distribution, samples), seed=seed)
+    """The printable plan (route, jet groups, directions, weights, cost of each route) for ``op`` at dimension
+    ``dim``."""
+    return make_plan(op, dim, samples=samples, distribution=_distribution(distribution), seed=seed, route=route)
 
 
 def apply(
@@ -80,6 +83,7 @@ def apply(
     distribution: str | None = None,
     seed=None,
     return_grad: bool = False,
+    route: str | None = None,
 ):
     """Evaluate the operator ``op`` on ``f`` at ``x``.
 
@@ -87,18 +91,22 @@ def apply(
     semantics, and the result has f's output shape (``N`` in front for a batch). ``method`` is
     ``"collapsed"`` (default), ``"standard"`` or ``"nested"`` (the framework's own AD). ``samples=S`` gives
     the randomised estimate over S ``distribution`` directions ("rademacher" or "gaussian", Gaussian by
-    default for order 4), reproducible from ``seed``. ``return_grad=True`` returns ``(value, gradient,
-    result)``.
+    default above order 2), reproducible from ``seed``. ``return_grad=True`` returns ``(value, gradient,
+    result)``. ``route`` forces ``"directions"`` or ``"composition"`` (``P(Q f)``, where the operator is a
+    composition such as ``Laplacian() @ Laplacian()`` or the bi-Laplacian); None takes the cheaper.
     """
     name, module = _backend(backend, x, op, f, method, samples, distribution)
     _check_method(method)
     X = _check_x(x)
     seed = _seed(module, seed)
-    p = make_plan(op, X.shape[-1], samples=samples, distribution=_distribution(op, distribution, samples), seed=seed)
+    p = make_plan(
+        op, X.shape[-1], samples=samples, distribution=_distribution(distribution), seed=seed,
+        route=_route(route, module, method),
+    )  # fmt: skip
     xin, back = _to_backend(x, name)
-    value, result, grad = module.run(p, f, xin, method=method, return_grad=return_grad)
+    value, result, grad = run_plan(module, p, f, xin, method=method, return_grad=return_grad)
     if back is not None:
-        value, result, grad = back(value), back(result), None if grad is None else back(grad)
+        value, result, grad = (None if a is None else back(a) for a in (value, result, grad))
     return (value, grad, result) if return_grad else result
 
 
@@ -113,12 +121,7 @@ class Compiled:
         self._convert = infer_backend(x_example) != backend
         if self._convert:
             x_example = _to_backend(x_example, backend)[0]
-        builder = getattr(module, "compile", None)
-        self._fn = (
-            builder(p, f, x_example, method=method, return_grad=return_grad)
-            if builder is not None
-            else (lambda x: module.run(p, f, x, method=method, return_grad=return_grad))
-        )
+        self._fn = compile_plan(module, p, f, x_example, method=method, return_grad=return_grad)
 
     def __call__(self, x):
         X = _check_x(x)
@@ -129,7 +132,7 @@ class Compiled:
             x, back = _to_backend(x, self.backend)
         value, result, grad = self._fn(x)
         if back is not None:
-            value, result, grad = back(value), back(result), None if grad is None else back(grad)
+            value, result, grad = (None if a is None else back(a) for a in (value, result, grad))
         return (value, grad, result) if self.return_grad else result
 
     @property
@@ -171,6 +174,7 @@ def compile(
     distribution: str | None = None,
     seed=None,
     return_grad: bool = False,
+    route: str | None = None,
 ) -> Compiled:
     """Plan (and, where the backend can, trace) once; returns a callable ``x -> P f(x)`` for training loops.
 
@@ -180,7 +184,10 @@ def compile(
     _check_method(method)
     X = _check_x(x_example)
     seed = _seed(module, seed)
-    p = make_plan(op, X.shape[-1], samples=samples, distribution=_distribution(op, distribution, samples), seed=seed)
+    p = make_plan(
+        op, X.shape[-1], samples=samples, distribution=_distribution(distribution), seed=seed,
+        route=_route(route, module, method),
+    )  # fmt: skip
     return Compiled(op, f, name, module, method, p, return_grad, x_example)
 
 
@@ -218,11 +225,24 @@ def _backend(
             )
         _check_method(method)
         backend = _auto_backend(
-            op, f, x, method=method, samples=samples, distribution=_distribution(op, distribution, samples)
+            op, f, x, method=method, samples=samples, distribution=_distribution(distribution)
         )
     if not isinstance(backend, str):
         raise BackendError(f"backend must be a string, got {type(backend).__name__}; installed: {available_backends()}")
     return backend, get_backend(backend)
+
+
+def _route(route: str | None, module, method: str) -> str | None:
+    """The route the planner may choose from: composition needs a backend whose jet programs nest
+    (``module.NESTS``); nested AD, the baseline, takes the direction set unless a route is forced."""
+    if route is None and (method == "nested" or not getattr(module, "NESTS", False)):
+        return "directions"
+    if route == "composition" and not getattr(module, "NESTS", False):
+        raise BackendError(
+            f"route='composition' needs a backend whose jet programs can be captured again; "
+            f"{getattr(module, 'NAME', module.__name__)!r} declares no NESTS = True"
+        )
+    return route
 
 
 def _check_method(method: str) -> None:
@@ -247,9 +267,10 @@ def _check_x(x):
     return x
 
 
-def _distribution(op: Operator, distribution: str | None, samples) -> str:
+def _distribution(distribution: str | None) -> str | None:
+    """None lets the planner choose per level: Rademacher up to order 2, Gaussian above."""
     if distribution is None:
-        return "gaussian" if samples is not None and op.order >= 3 else "rademacher"
+        return None
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"unknown distribution {distribution!r}; expected one of {DISTRIBUTIONS}")
     return distribution

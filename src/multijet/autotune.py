@@ -318,7 +318,7 @@ def _key(op: Operator, f, x, shape, samples, distribution) -> dict[str, Any]:
         "shape": list(shape),
         "dtype": str(getattr(x, "dtype", np.asarray(x).dtype)).replace("torch.", ""),
         "samples": samples,
-        "distribution": (api._distribution(op, distribution, samples) if samples is not None else None),
+        "distribution": (api._distribution(distribution) if samples is not None else None),
         "program": _program_id(f),
         "versions": versions(),
         **{k: v for name in available_backends() for k, v in interop(name).config().items()},

@@ -1,59 +1,59 @@
-"""The planner: operator spec + dimension (+ randomisation) → jet groups ``Σ_r w_r f_K(v_r)`` (docs/MATH.md §3–4).
+"""The planner: operator spec + dimension (+ randomisation) → a route and its jet groups (docs/MATH.md §3–4).
 
-Framework-free. Every exact plan is verified against the operator's dense coefficients before it is
-returned: an inexact plan is never handed to an executor.
+Framework-free. An operator may have several routes: one *direction set* ``Σ_r w_r f_K(v_r)`` per order, or
+*composition* ``P(Q f)`` (the engine applied to its own output). The planner estimates each route's cost
+(coefficient arrays per program node, collapsed), takes the cheapest unless ``route=`` forces one, and
+prints the alternatives. Every exact plan is verified before it is returned (the coefficients themselves
+when few, else the polynomial identity ``Σ_r w_r (y·v_r)^K = Σ_α c_α y^α`` at random points ``y``).
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import plan_sets
 from .errors import PlanError
-from .spec import Alpha, Bilaplacian, Laplacian, LinearOperator, Operator, WeightedLaplacian
+from .plan_group import JetGroup, multi_indices
+from .plan_sets import bilaplacian_directions, interpolation_directions
+from .spec import Alpha, Operator
 
-__all__ = ["JetGroup", "Plan", "make_plan", "DISTRIBUTIONS", "METHODS"]
+__all__ = [
+    "JetGroup",
+    "Plan",
+    "Composition",
+    "make_plan",
+    "DISTRIBUTIONS",
+    "METHODS",
+    "ROUTES",
+    "bilaplacian_directions",
+    "interpolation_directions",
+]
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 METHODS = ("collapsed", "standard", "nested")
+ROUTES = ("directions", "composition")
 
 
 @dataclass(frozen=True, eq=False)
-class JetGroup:
-    """Jets of order ``order`` along the rows of ``directions`` (R, D), summed with ``weights`` (R,).
+class Composition:
+    """``coefficient · outer(inner f)``: the inner plan's program is itself propagated by the outer plan."""
 
-    The group contributes ``Σ_r weights[r] · f_K(directions[r])``. ``unit`` marks directions that are rows
-    of the identity (``directions[r] = e_{axes[r]}``), which executors may exploit at the input.
-    """
-
-    order: int
-    directions: np.ndarray
-    weights: np.ndarray
-    label: str
-    unit_axes: tuple[int, ...] | None = None
-
-    @property
-    def size(self) -> int:
-        return int(self.directions.shape[0])
+    coefficient: float
+    outer: Plan
+    inner: Plan
 
     def arrays(self, method: str) -> int:
-        """Coefficient arrays carried per node: standard ``1 + K·R``, collapsed ``1 + (K−1)·R + 1``."""
-        K, R = self.order, self.size
-        if K == 0:
-            return 1
-        if method == "collapsed":
-            return 1 + (K - 1) * R + 1
-        return 1 + K * R
+        return self.outer.arrays(method) * self.inner.arrays(method)
 
 
 @dataclass(frozen=True, eq=False)
 class Plan:
-    """A frozen, printable plan: the jet groups whose weighted top coefficients sum to ``P f``."""
+    """A frozen, printable plan: jet groups (and compositions) whose weighted results sum to ``P f``."""
 
     operator: Operator
     dim: int
@@ -62,6 +62,9 @@ class Plan:
     distribution: str | None = None
     seed: int | None = None
     notes: tuple[str, ...] = field(default=())
+    route: str = "directions"
+    compositions: tuple[Composition, ...] = ()
+    alternatives: tuple[tuple[str, int | None, str], ...] = ()  # (route, cost or None, why not)
 
     @property
     def randomized(self) -> bool:
@@ -69,46 +72,64 @@ class Plan:
 
     @property
     def order(self) -> int:
-        return max(g.order for g in self.groups)
+        orders = [g.order for g in self.groups] + [c.outer.order + c.inner.order for c in self.compositions]
+        return max(orders)
 
     def arrays(self, method: str) -> int:
-        return sum(g.arrays(method) for g in self.groups)
+        """Coefficient arrays carried per program node (a composition: outer × inner)."""
+        shared = method != "nested"
+        total = sum(g.arrays(method) for g in self.groups if not (shared and g.served_by is not None))
+        return total + sum(c.arrays(method) for c in self.compositions)
+
+    def symbol(self, y: np.ndarray) -> np.ndarray:
+        """What the plan computes on ``e^{y·x}`` at ``x = 0``: ``Σ_groups Σ_r w_r (y·v_r)^K`` (+ compositions)."""
+        y = np.atleast_2d(np.asarray(y, dtype=np.float64))
+        out = np.zeros(y.shape[0])
+        for g in self.groups:
+            out += (g.project(y) ** g.order) @ g.weights
+        for c in self.compositions:
+            out += c.coefficient * c.outer.symbol(y) * c.inner.symbol(y)
+        return out
 
     def coefficients(self) -> dict[Alpha, float]:
-        """The operator this plan computes, ``{α: Σ_r w_r K!/α! v_r^α}`` (for checks and tests)."""
+        """The operator this plan computes, ``{α: Σ_r w_r K!/α! v_r^α}`` (for checks and tests; small D)."""
         out: dict[Alpha, float] = defaultdict(float)
         for g in self.groups:
-            for alpha in _multi_indices(self.dim, g.order):
-                val = float(np.dot(g.weights, _moment(g.directions, alpha)))
-                out[alpha] += val
-        return {a: v for a, v in out.items()}
+            V = g.directions
+            for alpha in multi_indices(self.dim, g.order):
+                out[alpha] += float(np.dot(g.weights, _moment(V, alpha)))
+        for c in self.compositions:
+            inner = c.inner.coefficients()
+            for a, ca in c.outer.coefficients().items():
+                for b, cb in inner.items():
+                    out[tuple(i + j for i, j in zip(a, b, strict=True))] += c.coefficient * ca * cb
+        return dict(out)
 
     def __str__(self) -> str:
+        return "\n".join(self._lines())
+
+    __repr__ = __str__
+
+    def _lines(self, indent: str = "") -> list[str]:
         kind = (
             f"randomised, {self.samples} {self.distribution} samples, seed={self.seed}" if self.randomized else "exact"
         )
-        lines = [f"Plan for {self.operator!r} at D={self.dim} ({kind})"]
+        lines = [f"{indent}Plan for {self.operator!r} at D={self.dim} ({kind}); route: {self.route}"]
         for i, g in enumerate(self.groups, 1):
-            dirs = (
-                f"unit directions e_i for i in {list(g.unit_axes)}"
-                if g.unit_axes is not None
-                else f"{g.size} direction(s)"
-            )
-            w = g.weights
-            same = np.allclose(w, w[0], rtol=1e-12, atol=0.0)
-            wtxt = f"weights {w[0]:.6g}" if same else f"weights in [{w.min():.6g}, {w.max():.6g}]"
-            lines.append(f"  group {i}: order K={g.order}, R={g.size}, {g.label}; {dirs}; {wtxt}")
-            if g.unit_axes is None and g.order > 0 and g.size <= 12 and self.dim <= 8:
-                for v, wr in zip(g.directions, w, strict=True):
-                    lines.append(f"    w={wr: .6g}  v=[{', '.join(f'{c:.4g}' for c in v)}]")
+            lines.extend(indent + line for line in g.describe(i, self.dim))
+        for c in self.compositions:
+            lines.append(f"{indent}  composition {c.coefficient:g} · outer(inner f), arrays outer × inner:")
+            lines.extend(c.outer._lines(indent + "    outer: "))
+            lines.extend(c.inner._lines(indent + "    inner: "))
         c, s = self.arrays("collapsed"), self.arrays("standard")
-        lines.append(
-            f"  arrays per node: collapsed {c}, standard {s}; estimated cost ratio collapsed/standard {c / s:.2f}"
-        )
-        lines.extend(f"  note: {n}" for n in self.notes)
-        return "\n".join(lines)
-
-    __repr__ = __str__
+        ratio = f"estimated cost ratio collapsed/standard {c / s:.2f}"
+        lines.append(f"{indent}  arrays per node: collapsed {c}, standard {s}; {ratio}")
+        for route, cost, why in self.alternatives:
+            mark = "chosen" if route == self.route else "not chosen"
+            text = f"cost {cost} arrays per node (collapsed)" if cost is not None else f"unavailable: {why}"
+            lines.append(f"{indent}  route {route}: {text}; {mark}")
+        lines.extend(f"{indent}  note: {n}" for n in self.notes)
+        return lines
 
 
 def make_plan(
@@ -116,253 +137,133 @@ def make_plan(
     dim: int,
     *,
     samples: int | None = None,
-    distribution: str = "rademacher",
+    distribution: str | None = None,
     seed: int | None = None,
+    route: str | None = None,
 ) -> Plan:
     """Plan ``op`` for functions of ``dim`` variables; exact when ``samples`` is None.
 
-    Plans with a fixed seed (and exact plans) are cached.
+    ``distribution`` None means Rademacher where it is unbiased (order ≤ 2) and Gaussian above.
+    ``route`` forces ``"directions"`` or ``"composition"``; None takes the cheaper. Plans with a fixed seed
+    (and exact plans) are cached.
     """
     if not isinstance(op, Operator):
         raise TypeError(f"expected an operator spec (e.g. mj.Laplacian()), got {type(op).__name__}")
-    if not isinstance(dim, int | np.integer) or dim < 1:
+    if isinstance(dim, bool) or not isinstance(dim, int | np.integer) or dim < 1:
         raise ValueError(f"the input dimension D must be a positive integer, got {dim!r}")
-    if distribution not in DISTRIBUTIONS:
+    if distribution is not None and distribution not in DISTRIBUTIONS:
         raise ValueError(f"unknown distribution {distribution!r}; expected one of {DISTRIBUTIONS}")
+    if route is not None and route not in ROUTES:
+        raise ValueError(f"unknown route {route!r}; expected one of {ROUTES} or None (the cheaper)")
     if samples is not None:
         if isinstance(samples, bool) or not isinstance(samples, int | np.integer) or samples < 1:
             raise ValueError(f"samples must be a positive integer or None (exact), got {samples!r}")
         samples = int(samples)
     op.check_dim(int(dim))
+    if samples is None:
+        distribution = seed = None
     if samples is not None and seed is None:
-        return _plan(op, int(dim), samples, distribution, None)
-    return _cached_plan(op, int(dim), samples, distribution if samples else None, seed)
+        return _plan(op, int(dim), samples, distribution, None, route)
+    return _cached_plan(op, int(dim), samples, distribution, seed, route)
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_plan(op, dim, samples, distribution, seed) -> Plan:
-    return _plan(op, dim, samples, distribution, seed)
+def _cached_plan(op, dim, samples, distribution, seed, route) -> Plan:
+    return _plan(op, dim, samples, distribution, seed, route)
 
 
-def _plan(op: Operator, dim: int, samples, distribution, seed) -> Plan:
-    by_order: dict[int, list[tuple[float, Operator]]] = defaultdict(list)
-    for c, atom in op.parts():
-        if isinstance(atom, LinearOperator):
-            for K in atom.orders:
-                sub = {a: v for a, v in atom.terms.items() if sum(a) == K}
-                by_order[K].append((c, LinearOperator(sub)))
-        else:
-            by_order[atom.order].append((c, atom))
-    rng = np.random.default_rng(seed) if samples is not None else None
-    groups: list[JetGroup] = []
-    notes: list[str] = []
-    for K in sorted(by_order):
-        atoms = [(c, a) for c, a in by_order[K] if c != 0.0]
-        if not atoms:
-            continue
-        if K == 0:
-            total = sum(c * next(iter(a.coefficients(dim).values())) for c, a in atoms)
-            if total != 0.0:
-                groups.append(JetGroup(0, np.zeros((1, dim)), np.array([total]), "value c·f"))
-        elif K == 1:
-            groups.extend(_plan_order1(atoms, dim))
-        elif K == 2:
-            groups.extend(_plan_order2(atoms, dim, samples, distribution, rng))
-        else:
-            groups.extend(_plan_higher(K, atoms, dim, samples, distribution, rng, notes))
-    if not groups:
-        groups.append(JetGroup(0, np.zeros((1, dim)), np.array([0.0]), "zero operator"))
-    plan = Plan(op, dim, tuple(groups), samples, distribution if samples else None, seed, tuple(notes))
+def _plan(op: Operator, dim: int, samples, distribution, seed, route) -> Plan:
+    parts = [(c, a) for c, a in op.parts() if c != 0.0]
+    composable = [(c, a) for c, a in parts if a.factors() is not None]
+    options: dict[str, tuple[int | None, str]] = {}
+    if composable:
+        options["composition"] = (None, "")
+    else:
+        options["composition"] = (None, f"{op!r} is not written as a composition (no factors)")
+    options["directions"] = plan_sets.directions_cost(parts, dim, samples, distribution)
+    comp_plan = None
+    if composable and route in (None, "composition"):
+        try:
+            comp_plan = _composition_route(op, parts, composable, dim, samples, distribution, seed)
+            options["composition"] = (comp_plan.arrays("collapsed"), "")
+        except PlanError as err:
+            if route == "composition":
+                raise
+            options["composition"] = (None, str(err))
+    if route is None:
+        avail = {r: cost for r, (cost, _) in options.items() if cost is not None}
+        if not avail:
+            raise PlanError(options["directions"][1])
+        route = min(avail, key=lambda r: (avail[r], r != "directions"))
+    elif options[route][0] is None:
+        others = [r for r, (cost, _) in options.items() if cost is not None]
+        raise PlanError(f"route={route!r} does not exist for {op!r} here: {options[route][1]}; available: {others}")
+    alternatives = tuple((r, options[r][0], options[r][1]) for r in ROUTES if r in options)
+    if route == "composition":
+        plan = comp_plan
+    else:
+        groups, notes = plan_sets.direction_groups(parts, dim, samples, distribution, _rng(seed, samples))
+        plan = Plan(op, dim, groups, samples, _dist_name(distribution, groups, samples), seed, notes)
+    plan = _replace(plan, route=route, alternatives=alternatives if composable else ())
+    plan = _replace(plan, groups=plan_sets.share_lower_orders(plan.groups, dim))
     if samples is None:
         _verify(plan, op)
     return plan
 
 
-# --- order 1: Σ b_i ∂_i f = f_1(b), one direction ----------------------------------------------------
-
-
-def _plan_order1(atoms, dim) -> list[JetGroup]:
-    b = np.zeros(dim)
-    for c, atom in atoms:
-        for alpha, v in atom.coefficients(dim).items():
-            b[alpha.index(1)] += c * v
-    if not np.any(b):
-        return []
-    return [JetGroup(1, b[None, :], np.ones(1), "first order b·∇f")]
-
-
-# --- order 2: tr(C ∇²f) ------------------------------------------------------------------------------
-
-
-def _matrix(atoms, dim) -> np.ndarray:
-    """Σ c_i C_i, with ``C_ii = c_{2e_i}``, ``C_ij = c_{e_i+e_j} / 2``."""
-    C = np.zeros((dim, dim))
-    for c, atom in atoms:
-        if isinstance(atom, Laplacian):
-            C += c * np.eye(dim)
-        elif isinstance(atom, WeightedLaplacian):
-            C += c * atom.matrix
-        else:
-            for alpha, v in atom.coefficients(dim).items():
-                idx = [i for i, k in enumerate(alpha) for _ in range(k)]
-                i, j = idx
-                if i == j:
-                    C[i, i] += c * v
-                else:
-                    C[i, j] += c * v / 2
-                    C[j, i] += c * v / 2
-    return C
-
-
-def _plan_order2(atoms, dim, samples, distribution, rng) -> list[JetGroup]:
-    only_laplacians = all(isinstance(a, Laplacian) for _, a in atoms)
-    single_factor = len(atoms) == 1 and isinstance(atoms[0][1], WeightedLaplacian) and atoms[0][1].factor is not None
-    if samples is None:
-        if single_factor and atoms[0][0] > 0:
-            c, atom = atoms[0]
-            sigma = atom.factor
-            keep = np.any(sigma != 0.0, axis=0)
-            if not keep.any():
-                return []
-            return [JetGroup(2, sigma[:, keep].T.copy(), np.full(int(keep.sum()), c), "columns of the factor σ")]
-        C = _matrix(atoms, dim)
-        if only_laplacians or np.count_nonzero(C - np.diag(np.diag(C))) == 0:
-            axes = tuple(int(i) for i in np.flatnonzero(np.diag(C)))
-            if not axes:
-                return []
-            label = "Laplacian" if only_laplacians else "diagonal C"
-            return [JetGroup(2, np.eye(dim)[list(axes)], np.diag(C)[list(axes)].copy(), label, axes)]
-        lam, Q = np.linalg.eigh(C)
-        keep = np.abs(lam) > 1e-12 * float(np.max(np.abs(lam)))  # relative: a tiny C is not a zero C
-        if not keep.any():
-            return []
-        return [JetGroup(2, Q[:, keep].T.copy(), lam[keep].copy(), "eigenvectors of C (rank-revealing)")]
-    # randomised: v = σ u with E[u uᵀ] = I, so E[f_2(v)] = tr(σσᵀ ∇²f); an indefinite C splits into ± parts.
-    if only_laplacians:
-        factors = [(sum(c for c, _ in atoms), np.eye(dim), "Laplacian")]
-    elif single_factor and atoms[0][0] > 0:
-        factors = [(atoms[0][0], atoms[0][1].factor, "σ u")]
-    else:
-        C = _matrix(atoms, dim)
-        lam, Q = np.linalg.eigh(C)
-        tol = 1e-12 * float(np.max(np.abs(lam)))
-        factors = []
-        pos, neg = lam > tol, lam < -tol
-        if pos.any():
-            factors.append((1.0, Q[:, pos] * np.sqrt(lam[pos]), "σ₊ u, C₊ = σ₊σ₊ᵀ"))
-        if neg.any():
-            factors.append((-1.0, Q[:, neg] * np.sqrt(-lam[neg]), "σ₋ u, C₋ = σ₋σ₋ᵀ"))
-    groups = []
-    for c, sigma, label in factors:
-        u = _sample(rng, distribution, samples, sigma.shape[1])
-        groups.append(JetGroup(2, u @ sigma.T, np.full(samples, c / samples), f"randomised {label}"))
-    if len(groups) > 1:  # one jet group per order: merge the ± parts
-        groups = [
-            JetGroup(
-                2,
-                np.concatenate([g.directions for g in groups]),
-                np.concatenate([g.weights for g in groups]),
-                "randomised σ₊u and σ₋u (indefinite C)",
-            )
-        ]
-    return groups
-
-
-def _sample(rng, distribution: str, samples: int, dim: int) -> np.ndarray:
-    if distribution == "rademacher":
-        return rng.choice(np.array([-1.0, 1.0]), size=(samples, dim))
-    return rng.standard_normal((samples, dim))
-
-
-# --- order ≥ 3: bi-Laplacian set, or interpolation + solve --------------------------------------------
-
-
-def bilaplacian_directions(dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """``Δ² = Σ_i (1 − (D−1)/3) ∂_{e_i}⁴ + Σ_{i<j} (∂_{e_i+e_j}⁴ + ∂_{e_i−e_j}⁴) / 6``: D² directions."""
-    eye = np.eye(dim)
-    dirs, weights = [], []
-    w_unit = 1.0 - (dim - 1) / 3.0
-    if w_unit != 0.0:
-        dirs.extend(eye)
-        weights.extend([w_unit] * dim)
-    for i, j in itertools.combinations(range(dim), 2):
-        dirs.extend([eye[i] + eye[j], eye[i] - eye[j]])
-        weights.extend([1 / 6, 1 / 6])
-    return np.array(dirs).reshape(-1, dim), np.array(weights)
-
-
-def interpolation_directions(coefficients: dict[Alpha, float], order: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Directions ``j ≥ 0, |j| = K`` on the variables the α use; weights solve ``Σ_r w_r K!/α! v_r^α = c_α``."""
-    support = sorted({i for a in coefficients for i, k in enumerate(a) if k})
-    n = len(support)
-    local = list(_multi_indices(n, order))
-    # candidate directions are the same lattice points as the multi-indices
-    cand = np.array(local, dtype=float)
-    M = np.array([[_fact_ratio(order, a) * np.prod(cand[r] ** np.array(a)) for r in range(len(cand))] for a in local])
-    rhs = np.array([coefficients.get(_embed(a, support, dim), 0.0) for a in local])
-    w = np.linalg.solve(M, rhs)
-    keep = np.abs(w) > 1e-13 * float(np.max(np.abs(w), initial=0.0))
-    dirs = np.zeros((int(keep.sum()), dim))
-    dirs[:, support] = cand[keep]
-    return dirs, w[keep]
-
-
-def _plan_higher(K, atoms, dim, samples, distribution, rng, notes) -> list[JetGroup]:
-    only_bilap = K == 4 and all(isinstance(a, Bilaplacian) for _, a in atoms)
+def _composition_route(op, parts, composable, dim, samples, distribution, seed) -> Plan:
+    """Each composable part ``c · outer(inner f)`` as a :class:`Composition` (independent samples per level);
+    the other parts as direction groups."""
+    comps = []
+    for n, (c, atom) in enumerate(composable):
+        outer_op, inner_op = atom.factors()
+        s_out, s_in = _spawn(seed, 2 * n), _spawn(seed, 2 * n + 1)
+        try:
+            outer = make_plan(outer_op, dim, samples=samples, distribution=distribution, seed=s_out)
+            inner = make_plan(inner_op, dim, samples=samples, distribution=distribution, seed=s_in)
+        except PlanError as err:
+            raise PlanError(f"composition {atom!r}: a level cannot be planned: {err}") from err
+        comps.append(Composition(c, outer, inner))
+    rest = [(c, a) for c, a in parts if a.factors() is None]
+    groups, notes = ((), ())
+    if rest:
+        groups, notes = plan_sets.direction_groups(rest, dim, samples, distribution, _rng(seed, samples))
     if samples is not None:
-        if not only_bilap:
-            raise PlanError(
-                f"no unbiased randomised estimator is implemented for this order-{K} operator; "
-                "randomisation covers order-2 operators and the bi-Laplacian. Use samples=None (exact)."
-            )
-        if distribution == "rademacher":
-            raise PlanError(
-                "the Rademacher estimator is biased for order-4 operators (E[v⁴] ≠ 3); use "
-                "distribution='gaussian' for a randomised bi-Laplacian (weight 1/(3S))"
-            )
-        c = sum(c for c, _ in atoms)
-        u = _sample(rng, distribution, samples, dim)
-        return [JetGroup(4, u, np.full(samples, c / (3 * samples)), "randomised Gaussian, E[f_4(v)] = 3Δ²f")]
-    coeffs: dict[Alpha, float] = defaultdict(float)
-    for c, atom in atoms:
-        for a, v in atom.coefficients(dim).items():
-            coeffs[a] += c * v
-    coeffs = {a: v for a, v in coeffs.items() if v != 0.0}
-    if not coeffs:
-        return []
-    candidates = []
-    if only_bilap:
-        d, w = bilaplacian_directions(dim)
-        candidates.append((d, w * sum(c for c, _ in atoms), "bi-Laplacian set e_i, e_i ± e_j"))
-    d, w = interpolation_directions(coeffs, K, dim)
-    candidates.append((d, w, "interpolation directions j ≥ 0, |j| = K, solved weights"))
-    d, w, label = min(candidates, key=lambda t: t[0].shape[0])
-    return [JetGroup(K, d, w, label)]
+        notes = notes + (
+            "randomised composition: independent samples per level, so E[P̂(Q̂f)] = P(Qf); "
+            "Var = E[Var(P̂ | Q̂)] + Var(P Q̂ f) (docs/MATH.md §4)",
+        )
+    dist = distribution if distribution is not None else ("default per level" if samples else None)
+    return Plan(op, dim, tuple(groups), samples, dist, seed, tuple(notes), "composition", tuple(comps))
 
 
-# --- helpers -------------------------------------------------------------------------------------------
+def _spawn(seed, k: int):
+    """An independent seed for level ``k`` of a composition (None stays None: fresh randomness)."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([int(seed), k]).generate_state(1, np.uint64)[0] >> np.uint64(2))
 
 
-def _multi_indices(n: int, order: int):
-    """All α ∈ N^n with |α| = order, in lexicographic order."""
-    if n == 0:
-        if order == 0:
-            yield ()
-        return
-    for first in range(order, -1, -1):
-        for rest in _multi_indices(n - 1, order - first):
-            yield (first,) + rest
+def _rng(seed, samples):
+    return np.random.default_rng(seed) if samples is not None else None
+
+
+def _dist_name(distribution, groups, samples):
+    if samples is None:
+        return None
+    if distribution is not None:
+        return distribution
+    return "gaussian" if any(g.order >= 3 for g in groups) else "rademacher"
+
+
+def _replace(plan: Plan, **changes) -> Plan:
+    fields = {k: getattr(plan, k) for k in plan.__dataclass_fields__}
+    fields.update(changes)
+    return Plan(**fields)
 
 
 def _fact_ratio(order: int, alpha) -> float:
     return math.factorial(order) / math.prod(math.factorial(k) for k in alpha)
-
-
-def _embed(a, support, dim) -> Alpha:
-    full = [0] * dim
-    for i, k in zip(support, a, strict=True):
-        full[i] = k
-    return tuple(full)
 
 
 def _moment(directions: np.ndarray, alpha: Alpha) -> np.ndarray:
@@ -372,26 +273,22 @@ def _moment(directions: np.ndarray, alpha: Alpha) -> np.ndarray:
 
 
 def _verify(plan: Plan, op: Operator) -> None:
-    """Check ``Σ_r w_r K!/α! v_r^α = c_α`` for every α (exactly when few, else on the polynomial identity
-    ``Σ_r w_r (y·v_r)^K = Σ_α c_α y^α`` at random points ``y``, which the α-wise identity implies and, for
-    generic ``y``, is implied by)."""
-    want = op.coefficients(plan.dim)
-    scale = max([abs(v) for v in want.values()], default=0.0) or 1.0  # relative to the operator's own size
+    """Check the plan against the operator: every ``c_α`` when few, else the polynomial identity at random
+    ``y`` (implied by the α-wise identity, and implying it for generic ``y``), relative to the terms' size."""
     n_alpha = sum(math.comb(plan.dim + g.order - 1, g.order) * g.size for g in plan.groups)
-    if n_alpha <= 200_000:
+    if not plan.compositions and n_alpha <= 200_000:
+        want = op.coefficients(plan.dim)
+        scale = max([abs(v) for v in want.values()], default=0.0) or 1.0
         got = plan.coefficients()
-        keys = set(want) | set(got)
-        err = max((abs(want.get(a, 0.0) - got.get(a, 0.0)) for a in keys), default=0.0)
-    else:
-        rng = np.random.default_rng(0)
-        alphas = np.array(list(want), dtype=float).reshape(len(want), plan.dim)
-        cs = np.array(list(want.values()))
-        err = 0.0
-        for _ in range(4):
-            y = rng.uniform(-1.0, 1.0, plan.dim)
-            lhs = sum(float(np.dot(g.weights, (g.directions @ y) ** g.order)) for g in plan.groups)
-            rhs = float(np.dot(cs, np.prod(y**alphas, axis=1))) if len(cs) else 0.0
-            err = max(err, abs(lhs - rhs))
-        scale *= max(1.0, len(want))
-    if err > 1e-9 * scale:
-        raise PlanError(f"internal error: the plan for {op!r} reproduces its coefficients only to {err:.3g}")
+        err = max((abs(want.get(a, 0.0) - got.get(a, 0.0)) for a in set(want) | set(got)), default=0.0)
+        if err > 1e-9 * scale:
+            raise PlanError(f"internal error: the plan for {op!r} reproduces its coefficients only to {err:.3g}")
+        return
+    y = np.random.default_rng(0).uniform(-1.0, 1.0, (4, plan.dim))
+    lhs, rhs = plan.symbol(y), op.symbol(y)
+    size = np.abs(rhs) + sum((np.abs(g.project(y)) ** g.order) @ np.abs(g.weights) for g in plan.groups)
+    for c in plan.compositions:
+        size = size + abs(c.coefficient) * np.abs(c.outer.symbol(y) * c.inner.symbol(y))
+    if np.any(np.abs(lhs - rhs) > 1e-9 * (size + 1e-300)):
+        err = float(np.max(np.abs(lhs - rhs)))
+        raise PlanError(f"internal error: the plan for {op!r} misses its polynomial identity by {err:.3g}")

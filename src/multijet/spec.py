@@ -21,6 +21,7 @@ __all__ = [
     "Bilaplacian",
     "LinearOperator",
     "SumOperator",
+    "Composed",
     "as_matrix",
 ]
 
@@ -77,6 +78,19 @@ class Operator:
     def check_dim(self, dim: int) -> None:
         """Raise ``ValueError`` if the spec cannot act on functions of ``dim`` variables."""
 
+    def symbol(self, y: np.ndarray) -> np.ndarray:
+        """``Σ_α c_α y^α`` at the rows of ``y`` (M, D): ``P e^{y·x}`` at ``x = 0``, for checking plans."""
+        y = np.atleast_2d(np.asarray(y, dtype=np.float64))
+        coeffs = self.coefficients(y.shape[1])
+        if not coeffs:
+            return np.zeros(y.shape[0])
+        alphas = np.array(list(coeffs), dtype=np.float64)
+        return np.prod(y[:, None, :] ** alphas[None], axis=2) @ np.array(list(coeffs.values()))
+
+    def factors(self) -> tuple[Operator, Operator] | None:
+        """``(outer, inner)`` with ``self = outer ∘ inner`` when the operator has a composition route."""
+        return None
+
     def _key(self) -> tuple:
         raise NotImplementedError
 
@@ -110,6 +124,21 @@ class Operator:
 
     __rmul__ = __mul__
 
+    def __matmul__(self, other: Operator) -> Operator:
+        """``(P @ Q) f = P (Q f)``: ``Laplacian() @ Laplacian()`` is the bi-Laplacian."""
+        if not isinstance(other, Operator):
+            raise TypeError(
+                f"`@` composes two operator specs (P @ Q applies P to Q f), got {type(self).__name__} @ "
+                f"{type(other).__name__}; to apply an operator to a function use mj.apply(op, f, x)"
+            )
+        return Composed(self, other)
+
+    def __rmatmul__(self, other) -> Operator:
+        raise TypeError(
+            f"`@` composes two operator specs (P @ Q applies P to Q f), got {type(other).__name__} @ "
+            f"{type(self).__name__}; to apply an operator to a function use mj.apply(op, f, x)"
+        )
+
 
 class Laplacian(Operator):
     """``Δf = Σ_i ∂_i² f``."""
@@ -118,6 +147,9 @@ class Laplacian(Operator):
 
     def coefficients(self, dim: int) -> dict[Alpha, float]:
         return {_unit(dim, i, 2): 1.0 for i in range(dim)}
+
+    def symbol(self, y: np.ndarray) -> np.ndarray:
+        return np.sum(np.atleast_2d(y) ** 2, axis=1)
 
     def _key(self) -> tuple:
         return ("Laplacian",)
@@ -138,6 +170,12 @@ class Bilaplacian(Operator):
                 alpha = tuple(2 * (k == i) + 2 * (k == j) for k in range(dim))
                 out[alpha] = out.get(alpha, 0.0) + 1.0
         return out
+
+    def symbol(self, y: np.ndarray) -> np.ndarray:
+        return np.sum(np.atleast_2d(y) ** 2, axis=1) ** 2
+
+    def factors(self) -> tuple[Operator, Operator]:
+        return Laplacian(), Laplacian()
 
     def _key(self) -> tuple:
         return ("Bilaplacian",)
@@ -188,6 +226,11 @@ class WeightedLaplacian(Operator):
                 if c != 0.0:
                     out[tuple((k == i) + (k == j) for k in range(dim))] = float(c)
         return out
+
+    def symbol(self, y: np.ndarray) -> np.ndarray:
+        y = np.atleast_2d(y)
+        self.check_dim(y.shape[1])
+        return np.einsum("mi,ij,mj->m", y, self.matrix, y)
 
     def _key(self) -> tuple:
         data = self.factor if self.factor is not None else self.matrix
@@ -247,7 +290,9 @@ class LinearOperator(Operator):
         return ("LinearOperator", tuple(self.terms.items()))
 
     def __repr__(self) -> str:
-        return f"LinearOperator({self.terms!r})"
+        if self.dim <= 8 and len(self.terms) <= 8:
+            return f"LinearOperator({self.terms!r})"
+        return f"LinearOperator(<{len(self.terms)} terms of orders {self.orders} in D={self.dim}>)"
 
 
 class SumOperator(Operator):
@@ -268,6 +313,10 @@ class SumOperator(Operator):
         for _, atom in self._parts:
             atom.check_dim(dim)
 
+    def symbol(self, y: np.ndarray) -> np.ndarray:
+        y = np.atleast_2d(np.asarray(y, dtype=np.float64))
+        return sum((c * atom.symbol(y) for c, atom in self._parts), np.zeros(y.shape[0]))
+
     def coefficients(self, dim: int) -> dict[Alpha, float]:
         out: dict[Alpha, float] = {}
         for c, atom in self._parts:
@@ -280,6 +329,43 @@ class SumOperator(Operator):
 
     def __repr__(self) -> str:
         return " + ".join(f"{c:g} * {atom!r}" if c != 1.0 else repr(atom) for c, atom in self._parts)
+
+
+class Composed(Operator):
+    """``(outer ∘ inner) f = outer(inner f)``; built by ``outer @ inner``.
+
+    Constant-coefficient operators commute and compose by multiplying their symbols, so the planner can run
+    it either as one direction set or by composition (the engine applied to its own output).
+    """
+
+    def __init__(self, outer: Operator, inner: Operator):
+        self.outer, self.inner = outer, inner
+        self.order = outer.order + inner.order
+
+    def factors(self) -> tuple[Operator, Operator]:
+        return self.outer, self.inner
+
+    def check_dim(self, dim: int) -> None:
+        self.outer.check_dim(dim)
+        self.inner.check_dim(dim)
+
+    def symbol(self, y: np.ndarray) -> np.ndarray:
+        return self.outer.symbol(y) * self.inner.symbol(y)
+
+    def coefficients(self, dim: int) -> dict[Alpha, float]:
+        out: dict[Alpha, float] = {}
+        inner = self.inner.coefficients(dim)
+        for a, ca in self.outer.coefficients(dim).items():
+            for b, cb in inner.items():
+                ab = tuple(i + j for i, j in zip(a, b, strict=True))
+                out[ab] = out.get(ab, 0.0) + ca * cb
+        return {a: v for a, v in out.items() if v != 0.0}
+
+    def _key(self) -> tuple:
+        return ("Composed", self.outer._key(), self.inner._key())
+
+    def __repr__(self) -> str:
+        return f"({self.outer!r}) @ ({self.inner!r})"
 
 
 def _unit(dim: int, i: int, k: int) -> Alpha:

@@ -30,6 +30,8 @@ from .jax_table import KINDS, RULES, bind_fn, map_lead, register_rule
 __all__ = ["NAME", "run", "compile", "seed_from", "register_rule", "RULES", "KINDS", "set_strict", "capture"]
 
 NAME = "jax"
+#: the jet program can be captured again (nesting), so composition routes run here
+NESTS = True
 _log = logging.getLogger(__name__)
 set_strict = engine.set_strict
 

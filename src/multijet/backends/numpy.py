@@ -36,7 +36,10 @@ from ..plan import Plan
 from .numpy_namespace import EXTRA_RULES, NS
 from .numpy_tracer import NAME, PerPoint, Tracer, capture, is_tracer, unsupported, xp_of
 
-__all__ = ["NAME", "Tracer", "Layout", "run", "register_rule", "namespace"]
+__all__ = ["NAME", "NESTS", "Tracer", "Layout", "run", "register_rule", "namespace"]
+
+#: the jet program can be captured again (nesting), so composition routes run here
+NESTS = True
 
 
 def register_rule(name: str, rule: Callable) -> None:

@@ -35,6 +35,8 @@ from .torch_table import TABLE, register_rule
 __all__ = ["NAME", "run", "compile", "seed_from", "register_rule", "build", "capture", "JetProgram", "TABLE"]
 
 NAME = "torch"
+#: the jet program can be captured again (nesting), so composition routes run here
+NESTS = True
 set_strict = engine.set_strict
 
 #: Largest per-pass coefficient array in bytes: bigger batches are split into chunks of points. (CPU
