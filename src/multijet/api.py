@@ -9,6 +9,7 @@ import numpy as np
 
 from .backends import available_backends, get_backend, infer_backend
 from .backends.interop import interop
+from .chunking import check_chunks
 from .errors import BackendError
 from .plan import DISTRIBUTIONS, METHODS, Plan, make_plan
 from .routes import compile_plan, run_plan
@@ -84,6 +85,8 @@ def apply(
     seed=None,
     return_grad: bool = False,
     route: str | None = None,
+    chunk_size: int | None = None,
+    direction_chunk_size: int | None = None,
 ):
     """Evaluate the operator ``op`` on ``f`` at ``x``.
 
@@ -94,7 +97,10 @@ def apply(
     default above order 2), reproducible from ``seed``. ``return_grad=True`` returns ``(value, gradient,
     result)``. ``route`` forces ``"directions"`` or ``"composition"`` (``P(Q f)``, where the operator is a
     composition such as ``Laplacian() @ Laplacian()`` or the bi-Laplacian); None takes the cheaper.
+    ``chunk_size`` bounds the points and ``direction_chunk_size`` the directions propagated at once (peak
+    memory follows the chunk; the result is the same, the collapsed sum being additive over directions).
     """
+    chunks = check_chunks(chunk_size, direction_chunk_size)
     name, module = _backend(backend, x, op, f, method, samples, distribution)
     _check_method(method)
     X = _check_x(x)
@@ -104,7 +110,7 @@ def apply(
         route=_route(route, module, method),
     )  # fmt: skip
     xin, back = _to_backend(x, name)
-    value, result, grad = run_plan(module, p, f, xin, method=method, return_grad=return_grad)
+    value, result, grad = run_plan(module, p, f, xin, method=method, return_grad=return_grad, **chunks)
     if back is not None:
         value, result, grad = (None if a is None else back(a) for a in (value, result, grad))
     return (value, grad, result) if return_grad else result
@@ -114,14 +120,16 @@ class Compiled:
     """``mj.compile``'s result: the plan and backend chosen once; call it on points like ``x_example``."""
 
     def __init__(
-        self, op: Operator, f: Callable, backend: str, module, method: str, p: Plan, return_grad: bool, x_example
-    ):
+        self, op: Operator, f: Callable, backend: str, module, method: str, p: Plan, return_grad: bool, x_example,
+        chunks: dict | None = None,
+    ):  # fmt: skip
         self.op, self.f, self.backend, self.method, self.plan, self.return_grad = op, f, backend, method, p, return_grad
         self._module = module
         self._convert = infer_backend(x_example) != backend
         if self._convert:
             x_example = _to_backend(x_example, backend)[0]
-        self._fn = compile_plan(module, p, f, x_example, method=method, return_grad=return_grad)
+        self.chunks = dict(chunks or {})
+        self._fn = compile_plan(module, p, f, x_example, method=method, return_grad=return_grad, **self.chunks)
 
     def __call__(self, x):
         X = _check_x(x)
@@ -175,11 +183,15 @@ def compile(
     seed=None,
     return_grad: bool = False,
     route: str | None = None,
+    chunk_size: int | None = None,
+    direction_chunk_size: int | None = None,
 ) -> Compiled:
     """Plan (and, where the backend can, trace) once; returns a callable ``x -> P f(x)`` for training loops.
 
-    A randomised compiled operator keeps its directions fixed (drawn once from ``seed``).
+    A randomised compiled operator keeps its directions fixed (drawn once from ``seed``). ``chunk_size`` and
+    ``direction_chunk_size`` as in :func:`apply`.
     """
+    chunks = check_chunks(chunk_size, direction_chunk_size)
     name, module = _backend(backend, x_example, op, f, method, samples, distribution)
     _check_method(method)
     X = _check_x(x_example)
@@ -188,7 +200,7 @@ def compile(
         op, X.shape[-1], samples=samples, distribution=_distribution(distribution), seed=seed,
         route=_route(route, module, method),
     )  # fmt: skip
-    return Compiled(op, f, name, module, method, p, return_grad, x_example)
+    return Compiled(op, f, name, module, method, p, return_grad, x_example, chunks)
 
 
 def _to_backend(x, name: str):

@@ -18,37 +18,47 @@ from .plan import JetGroup, Plan
 __all__ = ["run_plan", "compile_plan"]
 
 
-def run_plan(module, plan: Plan, f: Callable, x, *, method: str, return_grad: bool) -> tuple[Any, Any, Any]:
-    """``(value, P f, gradient)`` (value and gradient only when ``return_grad``)."""
+def run_plan(
+    module, plan: Plan, f: Callable, x, *, method: str, return_grad: bool, **chunks: int | None
+) -> tuple[Any, Any, Any]:
+    """``(value, P f, gradient)`` (value and gradient only when ``return_grad``).
+
+    ``chunks``: ``chunk_size`` (points per pass) and ``direction_chunk_size`` (directions per pass), given to
+    the backend only when set; a composition's inner level runs at one point, so it takes the direction chunk.
+    """
+    chunks = {k: v for k, v in chunks.items() if v is not None}
     if not plan.compositions:
-        return module.run(plan, f, x, method=method, return_grad=return_grad)
+        return module.run(plan, f, x, method=method, return_grad=return_grad, **chunks)
     value = result = grad = None
     if plan.groups or return_grad:
-        value, result, grad = module.run(_base(plan), f, x, method=method, return_grad=return_grad)
+        value, result, grad = module.run(_base(plan), f, x, method=method, return_grad=return_grad, **chunks)
         if not plan.groups:
             result = None
     for comp in plan.compositions:
-        inner = _inner(module, comp.inner, f, method)
-        part = run_plan(module, comp.outer, inner, x, method=method, return_grad=False)[1]
+        inner = _inner(module, comp.inner, f, method, _inner_chunks(chunks))
+        part = run_plan(module, comp.outer, inner, x, method=method, return_grad=False, **chunks)[1]
         result = _add(result, part, comp.coefficient)
     return value, result, grad
 
 
-def compile_plan(module, plan: Plan, f: Callable, x_example, *, method: str, return_grad: bool) -> Callable:
+def compile_plan(
+    module, plan: Plan, f: Callable, x_example, *, method: str, return_grad: bool, **chunks: int | None
+) -> Callable:
     """A callable ``x -> (value, P f, gradient)``, built once (traced where the backend can)."""
     builder = getattr(module, "compile", None)
+    chunks = {k: v for k, v in chunks.items() if v is not None}
 
     def build(p: Plan, fn: Callable, rg: bool) -> Callable:
         if builder is None:
-            return lambda x: module.run(p, fn, x, method=method, return_grad=rg)
-        return builder(p, fn, x_example, method=method, return_grad=rg)
+            return lambda x: module.run(p, fn, x, method=method, return_grad=rg, **chunks)
+        return builder(p, fn, x_example, method=method, return_grad=rg, **chunks)
 
     if not plan.compositions:
         return build(plan, f, return_grad)
     base = build(_base(plan), f, return_grad) if (plan.groups or return_grad) else None
     comps = [
-        (c.coefficient, compile_plan(module, c.outer, _inner(module, c.inner, f, method), x_example, method=method,
-                                     return_grad=False))
+        (c.coefficient, compile_plan(module, c.outer, _inner(module, c.inner, f, method, _inner_chunks(chunks)),
+                                     x_example, method=method, return_grad=False, **chunks))
         for c in plan.compositions
     ]  # fmt: skip
     return _Composite(base, comps, bool(plan.groups))
@@ -88,14 +98,20 @@ class _Composite:
         return getattr(self.comps[0][1], "graph_module", None)
 
 
-def _inner(module, inner: Plan, f: Callable, method: str) -> Callable:
+def _inner(module, inner: Plan, f: Callable, method: str, chunks: dict | None = None) -> Callable:
     """``x ↦ (Q f)(x)`` at one point, as a function the outer pass captures."""
+    chunks = chunks or {}
 
     def inner_fn(x):
-        return run_plan(module, inner, f, x, method=method, return_grad=False)[1]
+        return run_plan(module, inner, f, x, method=method, return_grad=False, **chunks)[1]
 
     inner_fn.__name__ = f"inner_{getattr(f, '__name__', 'f')}"
     return inner_fn
+
+
+def _inner_chunks(chunks: dict) -> dict:
+    """The inner level runs at one point: only the direction chunk applies."""
+    return {k: v for k, v in chunks.items() if k == "direction_chunk_size"}
 
 
 def _base(plan: Plan) -> Plan:

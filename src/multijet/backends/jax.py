@@ -15,16 +15,17 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.extend import core as jcore
 from jax.extend import source_info_util
 
 from .. import engine
 from ..engine import kinds
-from ..engine.generic import taylor_derivatives
 from ..engine.outputs import stack_outputs
 from ..engine.program import Equation, Program, Var
 from ..plan import Plan
 from .jax_linalg import LINALG_CALLS  # noqa: F401  (registers the linear-algebra rules)
+from .jax_nested import nested_point, unit_rows
 from .jax_table import KINDS, RULES, bind_fn, map_lead, register_rule
 
 __all__ = ["NAME", "run", "compile", "seed_from", "register_rule", "RULES", "KINDS", "set_strict", "capture"]
@@ -188,15 +189,29 @@ def _context(spec: engine.GroupSpec, w) -> engine.Context:
 # --- groups, points, batches ---------------------------------------------------------------------------------------
 
 
+def _block_loop(block, spec: engine.GroupSpec):
+    """The direction blocks under ``lax.map`` (one block live at a time): the first value, the summed total,
+    the gradient's blocks joined (the padding past ``spec.size`` dropped)."""
+    vs, ts, gs = lax.map(block, jnp.arange(spec.blocks))
+    value = None if vs is None else vs[0]
+    total = None if ts is None else jnp.sum(ts, axis=0)
+    grad = None if gs is None else jnp.reshape(gs, (-1,) + gs.shape[2:])[: spec.size]
+    return value, total, grad
+
+
 def _jet_point(jaxpr, specs, return_grad, consts, x, arrays):
     program = _Capture().program(jaxpr, consts)
     (out_var,) = program.outvars
 
-    def inputs(i, spec):
-        V, w = arrays[i] if i < len(arrays) else (None, jnp.ones(spec.R, x.dtype))
+    def inputs(i, spec, b=None):
+        lead = (spec.blocks, spec.R) if spec.blocks > 1 else (spec.R,)
+        V, w = arrays[i] if i < len(arrays) else (None, jnp.ones(lead, x.dtype))
+        if b is not None:  # block b of the group's directions (unit rows built here, never the D×D identity)
+            w = w[b]
+            V = unit_rows(b, spec.R, x.shape[0], x.dtype) if spec.identity else None if V is None else V[b]
         return _context(spec, w), x, V
 
-    value, total, grad = engine.evaluate(program, specs, return_grad, inputs)
+    value, total, grad = engine.evaluate(program, specs, return_grad, inputs, _block_loop)
     shape, dtype = out_var.shape, out_var.dtype
     total = jnp.zeros(shape, dtype) if total is None else jnp.broadcast_to(total, shape)
     if not return_grad:  # the value is not part of the result: let XLA drop the primal output
@@ -206,76 +221,33 @@ def _jet_point(jaxpr, specs, return_grad, consts, x, arrays):
     return value, total, jnp.moveaxis(grad, 0, -1)
 
 
-def _nested_group(fun, x, spec: engine.GroupSpec, V, w):
-    """The framework's own nested AD along the plan's directions: forward-over-reverse for a scalar K=2,
-    nested ``jax.jvp`` otherwise (also for order 4)."""
-    K = spec.order
-    if spec.identity:
-        V = jnp.eye(spec.R, dtype=x.dtype)
-    y = fun(x)
-    if K == 0:
-        return y, w[0] * y, None
-    if K == 2 and jnp.ndim(y) == 0:
-        grad_f = jax.grad(fun)
-
-        def hvp(v):
-            g, hv = jax.jvp(grad_f, (x,), (v,))
-            return g, jnp.vdot(hv, v)
-
-        try:
-            g, q = jax.vmap(hvp)(V)
-        except (ValueError, TypeError) as e:  # no reverse mode (lax.while_loop, custom_vjp …): nested jvp below
-            _log.debug("multijet: nested AD falls back to forward-over-forward (%s)", e)
-        else:
-            return y, jnp.dot(w, q), g[0] if spec.identity else None
-
-    def along(v):
-        return taylor_derivatives(jax.jvp, lambda t: [fun(x + t * v)], K, jnp.zeros((), x.dtype))[K][0]
-
-    q = jax.vmap(along)(V)
-    return y, jnp.tensordot(w, q, axes=1), None
-
-
-def _nested_point(jaxpr, specs, return_grad, consts, x, arrays):
-    fun = partial(_apply_jaxpr, jaxpr, consts)
-    value = total = grad = None
-    for spec, (V, w) in zip(specs, arrays, strict=False):
-        v, t, g = _nested_group(fun, x, spec, V, w)
-        value = v
-        total = t if total is None else total + t
-        grad = grad if grad is not None else g
-    if not return_grad:
-        return None, total, None
-    if grad is None:
-        try:
-            grad = jax.jacrev(fun)(x)
-        except (ValueError, TypeError):  # no reverse mode through f: forward mode gives the same Jacobian
-            grad = jax.jacfwd(fun)(x)
-    return value, total, grad
-
-
-def _apply_jaxpr(jaxpr, consts, x):
-    return jcore.jaxpr_as_fun(jcore.ClosedJaxpr(jaxpr, consts))(x)[0]
-
-
-def _evaluate(jaxpr, specs, method, return_grad, consts, X, arrays):
-    point = partial(_nested_point if method == "nested" else _jet_point, jaxpr, specs, return_grad)
+def _evaluate(jaxpr, specs, method, return_grad, chunk, consts, X, arrays):
+    """Per point under ``vmap``; ``chunk`` points per pass under ``lax.map`` (the last chunk padded with
+    copies of the last point, dropped afterwards)."""
+    point = partial(nested_point if method == "nested" else _jet_point, jaxpr, specs, return_grad)
     if X.ndim == 1:
         return point(consts, X, arrays)
-    return jax.vmap(point, in_axes=(None, 0, None))(consts, X, arrays)
+    batch = jax.vmap(point, in_axes=(None, 0, None))
+    N = X.shape[0]
+    if chunk is None or N <= chunk:
+        return batch(consts, X, arrays)
+    n = -(-N // chunk)
+    Xp = jnp.concatenate([X, jnp.broadcast_to(X[-1:], (n * chunk - N, X.shape[1]))]) if n * chunk > N else X
+    out = lax.map(lambda xc: batch(consts, xc, arrays), jnp.reshape(Xp, (n, chunk, X.shape[1])))
+    return jax.tree_util.tree_map(lambda a: jnp.reshape(a, (n * chunk,) + a.shape[2:])[:N], out)
 
 
 _RUNNERS: collections.OrderedDict = collections.OrderedDict()
 _MAX_RUNNERS = 64
 
 
-def _runner(jaxpr, specs, method, return_grad) -> Callable:
+def _runner(jaxpr, specs, method, return_grad, chunk=None) -> Callable:
     """A jitted ``(consts, X, arrays) -> (value, result, grad)``, cached on the program's text and the plan's
     static structure (so repeated eager calls, with new parameters or new random directions, reuse it)."""
-    key = (str(jaxpr), specs, method, return_grad, engine.is_strict(), frozenset(RULES.items()))
+    key = (str(jaxpr), specs, method, return_grad, chunk, engine.is_strict(), frozenset(RULES.items()))
     fn = _RUNNERS.get(key)
     if fn is None:
-        fn = jax.jit(partial(_evaluate, jaxpr, specs, method, return_grad))
+        fn = jax.jit(partial(_evaluate, jaxpr, specs, method, return_grad, chunk))
         _RUNNERS[key] = fn
         if len(_RUNNERS) > _MAX_RUNNERS:
             _RUNNERS.popitem(last=False)
@@ -284,26 +256,56 @@ def _runner(jaxpr, specs, method, return_grad) -> Callable:
     return fn
 
 
-def _specs_arrays(plan: Plan, method: str, return_grad: bool, dtype):
-    specs = engine.group_specs(plan, "standard" if method == "nested" else method, return_grad)
-    arrays = tuple((jnp.asarray(g.directions, dtype), jnp.asarray(g.weights, dtype)) for g in plan.groups)
-    return specs, arrays
+def _specs_arrays(plan: Plan, method: str, return_grad: bool, dtype, dchunk: int | None = None):
+    """The static group specs and each group's ``(V, w)``: ``V`` None for unit directions in order (the
+    identity seed) and for served groups (whose ``w`` is the read-off ``a``); blocked ``(blocks, R, …)``
+    with zero-direction padding when ``dchunk`` splits the group."""
+    specs = engine.group_specs(plan, method, return_grad, dchunk)
+    arrays = []
+    for g, spec in zip(plan.groups, specs, strict=False):
+        w = np.asarray(g.served_by[1] if spec.served else g.weights)
+        V = None if (spec.identity or spec.served or spec.order == 0) else g.directions
+        if spec.blocks > 1:
+            pad = spec.blocks * spec.R - spec.size
+            w = np.pad(w, (0, pad)).reshape(spec.blocks, spec.R)
+            V = None if V is None else np.pad(V, ((0, pad), (0, 0))).reshape(spec.blocks, spec.R, -1)
+        arrays.append((None if V is None else jnp.asarray(V, dtype), jnp.asarray(w, dtype)))
+    return specs, tuple(arrays)
 
 
 def _as_array(x):
     return x if isinstance(x, jax.Array) else jnp.asarray(x)
 
 
-def run(plan: Plan, f: Callable, x, *, method: str = "collapsed", return_grad: bool = False):
-    """Evaluate the plan on ``f`` at ``x`` (D,) or (N, D); returns ``(value, result, grad)``."""
+def run(
+    plan: Plan,
+    f: Callable,
+    x,
+    *,
+    method: str = "collapsed",
+    return_grad: bool = False,
+    chunk_size: int | None = None,
+    direction_chunk_size: int | None = None,
+):
+    """Evaluate the plan on ``f`` at ``x`` (D,) or (N, D); returns ``(value, result, grad)``. ``chunk_size``
+    points and ``direction_chunk_size`` directions per pass, each under ``lax.map``."""
     x = _as_array(x)
     closed = capture(f, x)
-    specs, arrays = _specs_arrays(plan, method, return_grad, x.dtype)
-    fn = _runner(closed.jaxpr, specs, method, return_grad)
+    specs, arrays = _specs_arrays(plan, method, return_grad, x.dtype, direction_chunk_size)
+    fn = _runner(closed.jaxpr, specs, method, return_grad, chunk_size)
     return fn(list(closed.consts), x, arrays)
 
 
-def compile(plan: Plan, f: Callable, x_example, *, method: str = "collapsed", return_grad: bool = False):
+def compile(
+    plan: Plan,
+    f: Callable,
+    x_example,
+    *,
+    method: str = "collapsed",
+    return_grad: bool = False,
+    chunk_size: int | None = None,
+    direction_chunk_size: int | None = None,
+):
     """Trace ``f`` once at ``x_example`` and return the jitted ``x -> (value, result, grad)``.
 
     The arrays ``f`` closes over (e.g. network parameters) and the plan's directions are captured now and
@@ -313,8 +315,8 @@ def compile(plan: Plan, f: Callable, x_example, *, method: str = "collapsed", re
     x_example = _as_array(x_example)
     closed = capture(f, x_example)
     jaxpr, consts = closed.jaxpr, list(closed.consts)
-    specs, arrays = _specs_arrays(plan, method, return_grad, x_example.dtype)
-    fn = jax.jit(lambda x: _evaluate(jaxpr, specs, method, return_grad, consts, x, arrays))
+    specs, arrays = _specs_arrays(plan, method, return_grad, x_example.dtype, direction_chunk_size)
+    fn = jax.jit(lambda x: _evaluate(jaxpr, specs, method, return_grad, chunk_size, consts, x, arrays))
     compiled = CompiledJax(fn, x_example)
     if method != "nested":
         compiled.program = _Capture().program(jaxpr, consts)
@@ -362,4 +364,3 @@ def seed_from(key) -> int:
     except Exception as e:
         raise TypeError(f"seed must be an int, a numpy Generator or a jax.random key, got {type(key).__name__}") from e
     return (hi << 32) | lo
-

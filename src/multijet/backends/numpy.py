@@ -113,20 +113,40 @@ def _wsum(w: np.ndarray, ones: bool) -> Callable:
 # --- run ------------------------------------------------------------------------------------------------------------
 
 
-def _evaluate(program, plan: Plan, method: str, return_grad: bool, x0, dtype, N: int):
-    """The engine over the plan's groups; ``(value, result, gradient)`` in the layout."""
-    specs = engine.group_specs(plan, method, return_grad)
+def _evaluate(program, plan: Plan, method: str, return_grad: bool, x0, dtype, N: int, dchunk: int | None = None):
+    """The engine over the plan's groups; ``(value, result, gradient)`` in the layout. ``dchunk`` directions
+    per pass (blocks one after the other; unit directions seeded as rows of the identity, never D×D)."""
+    specs = engine.group_specs(plan, method, return_grad, dchunk)
 
-    def inputs(i, spec):
-        if i < len(plan.groups):
-            g = plan.groups[i]
-            V, w = g.directions.astype(dtype)[None], g.weights.astype(dtype)
-        else:  # the extra gradient group along e_1 … e_D
-            V, w = None, np.ones(spec.R, dtype)
-        ctx = engine.Context(spec.order, spec.collapsed, spec.R, Layout(N, spec.R), _wsum(w, spec.ones), backend=NAME)
+    def inputs(i, spec, b=0):
+        lo = b * spec.R
+        R = min(spec.R, spec.size - lo)  # the last block may be partial
+        g = plan.groups[i] if i < len(plan.groups) else None
+        w = np.ones(R, dtype) if g is None else (g.served_by[1] if spec.served else g.weights)[lo : lo + R]
+        V = None
+        if spec.order and not spec.served and not (spec.identity and spec.blocks == 1):
+            V = _rows(g, lo, lo + R, plan.dim, dtype)[None]
+        wsum = _wsum(w.astype(dtype), spec.ones)
+        ctx = engine.Context(spec.order, spec.collapsed, R, Layout(N, R), wsum, backend=NAME)
         return ctx, x0, V
 
-    return engine.evaluate(program, specs, return_grad, inputs)
+    return engine.evaluate(program, specs, return_grad, inputs, engine.python_loop(_join))
+
+
+def _rows(g, lo: int, hi: int, dim: int, dtype) -> np.ndarray:
+    """Directions ``lo … hi−1`` of group ``g`` (None: the gradient group's unit vectors), unit ones built as rows
+    of the identity."""
+    if g is not None and g.unit_axes is None:
+        return g.directions[lo:hi].astype(dtype)
+    axes = np.arange(lo, hi) if g is None else np.asarray(g.unit_axes[lo:hi])
+    V = np.zeros((hi - lo, dim), dtype)
+    V[np.arange(hi - lo), axes] = 1.0
+    return V
+
+
+def _join(blocks: list):
+    """Gradient blocks joined along the direction axis."""
+    return np.concatenate(blocks, axis=1)
 
 
 def _read(program, res, N: int, D: int, return_grad: bool):
@@ -144,23 +164,23 @@ def _read(program, res, N: int, D: int, return_grad: bool):
     return full(value, (N, 1)), full(total, (N, 1)), full(grad, (N, D)) if return_grad else None
 
 
-def _run_batch(plan: Plan, f: Callable, X: np.ndarray, method: str, return_grad: bool):
+def _run_batch(plan: Plan, f: Callable, X: np.ndarray, method: str, return_grad: bool, dchunk=None):
     N, D = X.shape
     x0 = X[:, None, :]
     program = capture(f, x0, X.dtype)
-    res = _evaluate(program, plan, method, return_grad, x0, X.dtype, N)
+    res = _evaluate(program, plan, method, return_grad, x0, X.dtype, N, dchunk)
     value, total, grad = _read(program, res, N, D, return_grad)
     return np.array(value[:, 0]), np.array(total[:, 0]), None if grad is None else np.moveaxis(grad, 1, -1).copy()
 
 
-def _run_traced(plan: Plan, f: Callable, x: Tracer, method: str, return_grad: bool):
+def _run_traced(plan: Plan, f: Callable, x: Tracer, method: str, return_grad: bool, dchunk=None):
     """``x`` is a tracer of an enclosing capture: capture ``f`` at its primal values, then propagate on
     tracers (the propagation is recorded into the enclosing capture)."""
     if x.ndim != 1:
         raise unsupported("an operator applied to a traced batch (N, D) inside a captured function")
     (D,) = x.shape
     program = capture(f, x._x0, x.dtype)
-    res = _evaluate(program, plan, method, return_grad, NS.reshape(x, (1, 1, D)), x.dtype, 1)
+    res = _evaluate(program, plan, method, return_grad, NS.reshape(x, (1, 1, D)), x.dtype, 1, dchunk)
     value, total, grad = _read(program, res, 1, D, return_grad)
     shape = program.outvars[0].shape
     value, total = (xp_of(a).reshape(a, shape) for a in (value, total))
@@ -169,26 +189,47 @@ def _run_traced(plan: Plan, f: Callable, x: Tracer, method: str, return_grad: bo
     return value, total, grad
 
 
-def run(plan: Plan, f: Callable, x, *, method: str = "collapsed", return_grad: bool = False):
-    """Evaluate ``Σ_groups Σ_r w_r f_K(v_r)`` at ``x`` of shape (D,) or (N, D). Returns ``(value, result, grad)``."""
+def run(
+    plan: Plan,
+    f: Callable,
+    x,
+    *,
+    method: str = "collapsed",
+    return_grad: bool = False,
+    chunk_size: int | None = None,
+    direction_chunk_size: int | None = None,
+):
+    """Evaluate ``Σ_groups Σ_r w_r f_K(v_r)`` at ``x`` of shape (D,) or (N, D). Returns ``(value, result, grad)``.
+
+    ``chunk_size`` points and ``direction_chunk_size`` directions per pass (None: all at once)."""
     if method == "nested":
         raise ValueError(
             "method='nested' needs a framework's automatic differentiation; the NumPy backend has none. "
             "Use method='collapsed' or 'standard', or backend='torch' / 'jax'."
         )
     if is_tracer(x):
-        return _run_traced(plan, f, x, method, return_grad)
+        return _run_traced(plan, f, x, method, return_grad, direction_chunk_size)
     X = np.asarray(x)
     batched = X.ndim == 2
     if not batched:
         X = X[None]
-    try:
-        value, total, grad = _run_batch(plan, f, X, method, return_grad)
-    except PerPoint:
-        rows = [_run_batch(plan, f, X[i : i + 1], method, return_grad) for i in range(X.shape[0])]
-        value, total = (np.concatenate([r[j] for r in rows]) for j in (0, 1))
-        grad = np.concatenate([r[2] for r in rows]) if return_grad else None
+    step = X.shape[0] if chunk_size is None else chunk_size
+    parts = [_run_points(plan, f, X[i : i + step], method, return_grad, direction_chunk_size)
+             for i in range(0, X.shape[0], step)]  # fmt: skip
+    value, total = (np.concatenate([r[j] for r in parts]) for j in (0, 1))
+    grad = np.concatenate([r[2] for r in parts]) if return_grad else None
     if not batched:
         value, total = value[0], total[0]
         grad = grad[0] if grad is not None else None
     return value, total, grad
+
+
+def _run_points(plan: Plan, f: Callable, X: np.ndarray, method: str, return_grad: bool, dchunk):
+    """One chunk of points: as a batch, or point by point where ``f`` branches on values."""
+    try:
+        return _run_batch(plan, f, X, method, return_grad, dchunk)
+    except PerPoint:
+        rows = [_run_batch(plan, f, X[i : i + 1], method, return_grad, dchunk) for i in range(X.shape[0])]
+        value, total = (np.concatenate([r[j] for r in rows]) for j in (0, 1))
+        grad = np.concatenate([r[2] for r in rows]) if return_grad else None
+        return value, total, grad

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ import torch
 import torch.fx as fx
 
 from .. import engine
+from ..chunking import split_directions
 from ..plan import Plan
 from .torch_capture import capture, raise_if_data_dependent, to_program
 from .torch_emit import Co, Emitter, GroupSums, Layout
@@ -77,8 +79,21 @@ class JetProgram:
         return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True))
 
 
-def build(plan: Plan, f: Callable, x_example: torch.Tensor, *, method: str, return_grad: bool) -> JetProgram:
-    """Capture ``f`` at one point of ``x_example``'s dtype/device and emit the jet program for ``plan``."""
+def build(
+    plan: Plan,
+    f: Callable,
+    x_example: torch.Tensor,
+    *,
+    method: str,
+    return_grad: bool,
+    chunk_size: int | None = None,
+    direction_chunk_size: int | None = None,
+) -> JetProgram:
+    """Capture ``f`` at one point of ``x_example``'s dtype/device and emit the jet program for ``plan``.
+
+    ``direction_chunk_size`` directions per block: the blocks are emitted one after the other, and the
+    module frees each value after its last use, so one block is live at a time. ``chunk_size`` points per
+    pass (default: by :data:`CHUNK_BYTES`)."""
     t0 = time.perf_counter()
     xp = (x_example[0] if x_example.dim() == 2 else x_example).detach()
     gm = capture(f, xp)
@@ -88,9 +103,9 @@ def build(plan: Plan, f: Callable, x_example: torch.Tensor, *, method: str, retu
     x0 = Co(E, graph.call_method("unsqueeze", (X, 1)), True, 1, (plan.dim,))
     try:
         program = to_program(gm, E, root)
-        value, total, grad = engine.evaluate(
-            program, engine.group_specs(plan, method, return_grad), return_grad, _group_inputs(plan, E, root, x0, xp)
-        )
+        specs = engine.group_specs(plan, method, return_grad, direction_chunk_size)
+        loop = engine.python_loop(partial(_join, E))
+        value, total, grad = engine.evaluate(program, specs, return_grad, _group_inputs(plan, E, root, x0, xp), loop)
     except Exception as e:
         raise_if_data_dependent(e)
         raise
@@ -101,29 +116,44 @@ def build(plan: Plan, f: Callable, x_example: torch.Tensor, *, method: str, retu
     if any(is_generic_node(n) for n in graph.nodes):
         with torch.no_grad():  # the generic rule runs eagerly at run time: once now, so errors surface while building
             new(x_example[:1] if x_example.dim() == 2 else x_example[None])
-    chunk = CHUNK_BYTES // (E.max_point_elems * xp.element_size())
+    chunk = chunk_size or CHUNK_BYTES // (E.max_point_elems * xp.element_size())
     return JetProgram(new, gm, program, time.perf_counter() - t0, chunk)
 
 
 def _group_inputs(plan: Plan, E: Emitter, root: torch.nn.Module, x0: Co, xp: torch.Tensor):
     D = plan.dim
 
-    def inputs(i: int, spec: engine.GroupSpec):
-        if i < len(plan.groups):
-            weights, directions = plan.groups[i].weights, plan.groups[i].directions
-        else:  # the extra gradient group along e_1 … e_D
-            weights, directions = np.ones(D), None
-        root.register_buffer(f"w{i}", torch.as_tensor(weights, dtype=xp.dtype, device=xp.device))
-        sums = GroupSums(E, spec.R, E.graph.get_attr(f"w{i}"), [float(w) for w in weights])
+    def inputs(i: int, spec: engine.GroupSpec, b: int = 0):
+        lo = b * spec.R
+        R = min(spec.R, spec.size - lo)  # block b (the last one may be partial)
+        g = plan.groups[i] if i < len(plan.groups) else None  # None: the extra gradient group along e_1 … e_D
+        weights = np.ones(R) if g is None else (g.served_by[1] if spec.served else g.weights)[lo : lo + R]
+        tag = f"{i}" if spec.blocks == 1 else f"{i}_{b}"
+        root.register_buffer(f"w{tag}", torch.as_tensor(weights, dtype=xp.dtype, device=xp.device))
+        sums = GroupSums(E, R, E.graph.get_attr(f"w{tag}"), [float(w) for w in weights])
         V = None
-        if not spec.identity:
-            root.register_buffer(f"V{i}", torch.as_tensor(directions, dtype=xp.dtype, device=xp.device)[None])
-            V = Co(E, E.graph.get_attr(f"V{i}"), False, spec.R, (D,))
-        layout = Layout(E, spec.R)
-        ctx = engine.Context(spec.order, spec.collapsed, spec.R, layout, sums.wsum, sums.wdot, backend=NAME)
+        if spec.order and not spec.served and not (spec.identity and spec.blocks == 1):
+            if g is None or g.unit_axes is not None:  # rows of the identity, built in the graph
+                axes = range(lo, lo + R) if g is None else g.unit_axes[lo : lo + R]
+                root.register_buffer(f"axes{tag}", torch.as_tensor(list(axes), dtype=torch.long, device=xp.device))
+                rows = E.call(torch.nn.functional.one_hot, E.graph.get_attr(f"axes{tag}"), D)
+                V = Co(E, E.call(torch.unsqueeze, E.call(torch.Tensor.to, rows, xp.dtype), 0), False, R, (D,))
+            else:
+                V_b = torch.as_tensor(g.directions[lo : lo + R], dtype=xp.dtype, device=xp.device)[None]
+                root.register_buffer(f"V{tag}", V_b)
+                V = Co(E, E.graph.get_attr(f"V{tag}"), False, R, (D,))
+        layout = Layout(E, R)
+        ctx = engine.Context(spec.order, spec.collapsed, R, layout, sums.wsum, sums.wdot, backend=NAME)
         return ctx, x0, V
 
     return inputs
+
+
+def _join(E: Emitter, blocks: list[Co]) -> Co:
+    """Gradient blocks joined along the direction axis."""
+    b = any(c.b for c in blocks)
+    blocks = [E.expand_lead(c, b, c.r) for c in blocks]
+    return Co(E, E.call(torch.cat, [c.node for c in blocks], 1), b, sum(c.r for c in blocks), blocks[0].shape)
 
 
 def _results(E: Emitter, out, value, total, grad, D: int, return_grad: bool):
@@ -196,32 +226,53 @@ def _outside_trace():
         yield
 
 
-def _build_for(plan, f, X, method, return_grad) -> JetProgram:
+def _build_for(plan, f, X, method, return_grad, **chunks) -> JetProgram:
     if not _traced(X):
-        return build(plan, f, X, method=method, return_grad=return_grad)
+        return build(plan, f, X, method=method, return_grad=return_grad, **chunks)
     # nested: build the inner jet program at a real point outside the outer trace, then *call* it on the traced
     # input so that its ops are recorded into the outer graph
     with _outside_trace():
         example = torch.zeros(X.shape[-1], dtype=X.dtype, device=X.device)
-        return build(plan, f, example, method=method, return_grad=return_grad)
+        return build(plan, f, example, method=method, return_grad=return_grad, **chunks)
 
 
-def run(plan: Plan, f: Callable, x, *, method: str = "collapsed", return_grad: bool = False):
-    """Evaluate ``Σ_groups Σ_r w_r f_K(v_r)`` at ``x`` (D,) or (N, D): ``(value, result, grad)``."""
+def run(
+    plan: Plan,
+    f: Callable,
+    x,
+    *,
+    method: str = "collapsed",
+    return_grad: bool = False,
+    chunk_size: int | None = None,
+    direction_chunk_size: int | None = None,
+):
+    """Evaluate ``Σ_groups Σ_r w_r f_K(v_r)`` at ``x`` (D,) or (N, D): ``(value, result, grad)``; ``chunk_size``
+    points and ``direction_chunk_size`` directions per pass."""
     _check(method)
     X, batched = _as_batch(x)
     if method == "nested":
-        return _unbatch(run_nested(plan, f, X, return_grad), batched)
-    prog = _build_for(plan, f, X, method, return_grad)
+        p = split_directions(plan, direction_chunk_size)
+        return _unbatch(_by_points(lambda Xc: run_nested(p, f, Xc, return_grad), X, chunk_size), batched)
+    prog = _build_for(plan, f, X, method, return_grad, chunk_size=chunk_size, direction_chunk_size=direction_chunk_size)
     return _unbatch(prog(X), batched)
+
+
+def _by_points(fn: Callable, X: torch.Tensor, chunk: int | None):
+    """``fn`` over chunks of ``chunk`` points, results concatenated."""
+    if chunk is None or X.shape[0] <= chunk:
+        return fn(X)
+    parts = [fn(X[i : i + chunk]) for i in range(0, X.shape[0], chunk)]
+    return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True))
 
 
 class CompiledTorch:
     """``compile``'s callable: builds the jet program once per dtype/device and reuses it."""
 
-    def __init__(self, plan: Plan, f: Callable, x_example, method: str, return_grad: bool):
+    def __init__(self, plan: Plan, f: Callable, x_example, method: str, return_grad: bool, **chunks):
         _check(method)
         self.plan, self.f, self.method, self.return_grad = plan, f, method, return_grad
+        self.chunks = chunks
+        self._nested_plan = split_directions(plan, chunks.get("direction_chunk_size"))
         self._programs: dict[Any, JetProgram] = {}
         self._nested: dict[Any, tuple[Callable, bool]] = {}
         X, _ = _as_batch(x_example)
@@ -240,7 +291,7 @@ class CompiledTorch:
         key = (X.dtype, X.device)
         prog = self._programs.get(key)
         if prog is None:
-            prog = _build_for(self.plan, self.f, X, self.method, self.return_grad)
+            prog = _build_for(self.plan, self.f, X, self.method, self.return_grad, **self.chunks)
             self._programs[key] = prog
         return prog
 
@@ -259,15 +310,18 @@ class CompiledTorch:
         """The engine's schedule of each jet group (structural zeros, directions, where Σ_r w_r forms)."""
         prog = next(iter(self._programs.values()))
         specs = engine.group_specs(self.plan, self.method, self.return_grad)
-        return "\n".join(str(engine.schedule_for(prog.program, s)) for s in specs)
+        return "\n".join(str(engine.schedule_for(prog.program, s)) for s in specs if not s.served)
 
     def __call__(self, x):
         X, batched = _as_batch(x)
         if self.method == "nested":
-            return _unbatch(run_nested(self.plan, self.f, X, self.return_grad, self.nested_program(X)), batched)
+            program, p = self.nested_program(X), self._nested_plan
+            fn = lambda Xc: run_nested(p, self.f, Xc, self.return_grad, program)  # noqa: E731
+            return _unbatch(_by_points(fn, X, self.chunks.get("chunk_size")), batched)
         return _unbatch(self.program(X)(X), batched)
 
 
-def compile(plan: Plan, f: Callable, x_example, *, method: str = "collapsed", return_grad: bool = False):
-    """Capture, plan and emit once; the callable reads parameters live (training loops do not rebuild)."""
-    return CompiledTorch(plan, f, x_example, method, return_grad)
+def compile(plan: Plan, f: Callable, x_example, *, method: str = "collapsed", return_grad: bool = False, **chunks):
+    """Capture, plan and emit once; the callable reads parameters live (training loops do not rebuild).
+    ``chunks``: ``chunk_size``, ``direction_chunk_size`` (as in :func:`run`)."""
+    return CompiledTorch(plan, f, x_example, method, return_grad, **chunks)

@@ -20,11 +20,14 @@ def _nested_total(f, X: torch.Tensor, group: JetGroup, value: torch.Tensor) -> t
     from torch.func import hessian, jacrev, jvp, vmap
 
     K = group.order
-    V = torch.as_tensor(group.directions, dtype=X.dtype, device=X.device)
     w = torch.as_tensor(group.weights, dtype=X.dtype, device=X.device)
-    R, D = V.shape
     if K == 0:
         return value * w.sum()
+    if group.unit_axes is not None and K == 2 and 2 * group.size >= group.dim:  # unit directions: Hessian diagonal
+        diag = torch.diagonal(vmap(hessian(f))(X), dim1=-2, dim2=-1)  # (N, *out, D)
+        return diag[..., list(group.unit_axes)] @ w
+    V = _directions(group, X)
+    R, D = V.shape
     if K == 1:
         b = w @ V
         return vmap(lambda x: jvp(f, (x,), (b,))[1])(X)
@@ -56,6 +59,15 @@ def _nested_total(f, X: torch.Tensor, group: JetGroup, value: torch.Tensor) -> t
         return torch.einsum("r,r...->...", w, vmap(lambda v: kth(x, v))(V))
 
     return vmap(one)(X)
+
+
+def _directions(group: JetGroup, X: torch.Tensor) -> torch.Tensor:
+    """The group's (R, D) directions; unit ones as rows of the identity built here (never the plan's dense V)."""
+    if group.unit_axes is None:
+        return torch.as_tensor(group.directions, dtype=X.dtype, device=X.device)
+    V = torch.zeros(group.size, group.dim, dtype=X.dtype, device=X.device)
+    V[torch.arange(group.size), torch.as_tensor(group.unit_axes, dtype=torch.long)] = 1.0
+    return V
 
 
 #: Ops whose forward-mode AD torch gets wrong when the primal is batched by ``vmap`` (seen with torch 2.13:

@@ -17,7 +17,7 @@ from .context import Context, Identity, Layout
 from .outputs import stack_outputs
 from .program import Equation, Program, Var
 from .propagate import propagate
-from .run import GroupSpec, evaluate, group_specs, schedule_for
+from .run import GroupSpec, block_sizes, evaluate, group_specs, python_loop, schedule_for
 from .schedule import Schedule, make_schedule
 
 __all__ = [
@@ -35,6 +35,8 @@ __all__ = [
     "group_specs",
     "GroupSpec",
     "schedule_for",
+    "python_loop",
+    "block_sizes",
     "set_strict",
     "is_strict",
     "GenericRuleWarning",

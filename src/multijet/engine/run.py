@@ -3,6 +3,14 @@
 The gradient policy lives here too: the gradient is the first-order coefficient of a group whose directions
 are the unit vectors in order (any group of order ≥ 2 has it, or a standard order-1 group); otherwise one
 more order-1 group along ``e_1 … e_D`` is propagated for it.
+
+Mixed-order sharing (collapsed and standard): a group the plan marks ``served_by = (host, a)`` is not
+propagated; its result ``Σ_r a_r f_k(v_r)`` is the served group's own weighted sum (weights ``a``, from the
+backend's ``group_inputs``) of the host's per-direction output coefficient ``out[k]`` (``a_0 · f`` for k = 0).
+
+Direction blocks (``direction_chunk_size``): ``Σ_r w_r f_K(v_r)`` is additive over subsets of directions, so
+a group of ``size`` directions runs as ``blocks`` passes of ``R`` directions each (the backend's ``loop``
+runs them: a Python loop, or ``lax.map``), summing the totals and joining the gradient's blocks.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from .program import Program
 from .propagate import propagate
 from .schedule import Schedule, make_schedule
 
-__all__ = ["GroupSpec", "group_specs", "evaluate", "schedule_for"]
+__all__ = ["GroupSpec", "group_specs", "evaluate", "schedule_for", "block_sizes", "python_loop"]
 
 
 @dataclass(frozen=True)
@@ -27,29 +35,53 @@ class GroupSpec:
     """What is static about one jet group (the directions and weights themselves are arrays)."""
 
     order: int
-    R: int
+    R: int  # directions per pass (per block when ``blocks > 1``)
     identity: bool  # directions are e_1 … e_D in order: the input seed is the identity
     ones: bool  # every weight is 1
     collapsed: bool
     gradient_only: bool = False  # an extra group propagated for the gradient alone
+    served: bool = False  # read off another group's output (mixed-order sharing): not propagated
+    reads: tuple[tuple[int, int], ...] = ()  # (served group j, its order k ≥ 1) read off this group's out[k]
+    blocks: int = 1  # direction blocks of ``R`` directions; the last one may be partial (or padded)
+    size: int = 0  # all directions of the group (``R`` when ``blocks == 1``)
 
 
-def group_specs(plan, method: str, return_grad: bool) -> tuple[GroupSpec, ...]:
-    """The plan's groups (plus a gradient group when no group yields the gradient)."""
+def block_sizes(size: int, chunk: int | None) -> tuple[int, int]:
+    """``(R per block, number of blocks)`` for ``size`` directions in chunks of at most ``chunk``."""
+    if chunk is None or size <= chunk:
+        return size, 1
+    return chunk, -(-size // chunk)
+
+
+def group_specs(plan, method: str, return_grad: bool, direction_chunk: int | None = None) -> tuple[GroupSpec, ...]:
+    """The plan's groups (plus a gradient group when no group yields the gradient).
+
+    ``method="nested"`` gives standard specs without sharing (nested AD runs every group itself).
+    """
     collapsed = method == "collapsed"
+    share = method != "nested"
+    served = {j: g.served_by[0] for j, g in enumerate(plan.groups) if share and g.served_by is not None}
+    hosts = {h: tuple((j, plan.groups[j].order) for j in served if served[j] == h and plan.groups[j].order)
+             for h in set(served.values())}  # fmt: skip
     out = []
-    for g in plan.groups:
-        D = g.directions.shape[1]
-        identity = g.directions.shape[0] == D and bool(np.array_equal(g.directions, np.eye(D)))
-        out.append(GroupSpec(g.order, g.size, identity, bool(np.all(g.weights == 1.0)), collapsed))
+    for i, g in enumerate(plan.groups):
+        ones = bool(np.all((g.served_by[1] if i in served else g.weights) == 1.0))  # a served group sums with a
+        if i in served:
+            size = plan.groups[served[i]].size if g.order else 1
+            R, n = block_sizes(size, direction_chunk)
+            out.append(GroupSpec(g.order, R, False, ones, collapsed, served=True, blocks=n, size=size))
+            continue
+        R, n = block_sizes(g.size, direction_chunk) if g.order else (g.size, 1)
+        out.append(GroupSpec(g.order, R, g.identity, ones, collapsed, reads=hosts.get(i, ()), blocks=n, size=g.size))
     if return_grad and _gradient_group(out) is None:
-        out.append(GroupSpec(1, plan.dim, True, True, False, gradient_only=True))
+        R, n = block_sizes(plan.dim, direction_chunk)
+        out.append(GroupSpec(1, R, True, True, False, gradient_only=True, blocks=n, size=plan.dim))
     return tuple(out)
 
 
 def _gradient_group(specs) -> int | None:
     for i, s in enumerate(specs):
-        if s.identity and (s.order >= 2 or (s.order == 1 and not s.collapsed)):
+        if s.identity and not s.served and (s.order >= 2 or (s.order == 1 and not s.collapsed)):
             return i
     return None
 
@@ -63,33 +95,79 @@ def schedule_for(program: Program, spec: GroupSpec) -> Schedule:
     return cache[key]
 
 
+Loop = Callable[[Callable[..., tuple], GroupSpec], tuple]
+
+
 def evaluate(
     program: Program,
     specs: tuple[GroupSpec, ...],
     return_grad: bool,
-    group_inputs: Callable[[int, GroupSpec], tuple[Context, Any, Any]],
+    group_inputs: Callable[..., tuple[Context, Any, Any]],
+    loop: Loop | None = None,
 ) -> tuple[Any, Any, Any]:
     """``(value, Σ_groups Σ_r w_r f_K(v_r), gradient)`` in the propagation layout (``None`` where zero).
 
-    ``group_inputs(i, spec) -> (ctx, x0, V)`` gives a group's context, the input point and its directions
-    (``V`` is ignored when ``spec.identity``). The gradient has the direction axis of size D in front.
+    ``group_inputs(i, spec)`` gives a group's context, the input point and its directions (``V`` is ignored
+    when ``spec.identity`` and the group runs in one block); for a group of ``spec.blocks > 1`` it is called
+    as ``group_inputs(i, spec, b)`` for block ``b`` (the unit rows of the block for an identity group), and
+    ``loop(block, spec)`` runs ``block(b) -> (value, total, gradient part)`` over the blocks and returns the
+    value, the summed total and the joined gradient. A served group's context carries its read-off weights
+    ``a`` as ``wsum`` (``weight0`` for k = 0). The gradient has the direction axis of size D in front.
     """
     (xvar,) = program.invars
     value = total = grad = None
     grad_from = _gradient_group(specs) if return_grad else None
     for i, spec in enumerate(specs):
-        ctx, x0, V = group_inputs(i, spec)
-        jet = _seed(ctx, spec, x0, V, xvar)
-        (out,) = propagate(ctx, program, [jet], schedule_for(program, spec))
-        out = ctx.materialize(out, xvar)  # f = identity: the seed itself
-        if value is None:
-            value = out[0]
-        if not spec.gradient_only:
-            t = _top_sum(ctx, out)
-            total = t if total is None else (total if t is None else total + t)
+        if spec.served:
+            continue
+
+        def block(*b, i=i, spec=spec):
+            ctx, x0, V = group_inputs(i, spec, *b)
+            jet = _seed(ctx, spec, x0, V, xvar)
+            (out,) = propagate(ctx, program, [jet], schedule_for(program, spec))
+            out = ctx.materialize(out, xvar)  # f = identity: the seed itself
+            t = None if spec.gradient_only else _top_sum(ctx, out)
+            for j, k in spec.reads:
+                if out[k] is not None:
+                    t = _add(t, group_inputs(j, specs[j], *b)[0].wsum(out[k]))
+            return out[0], t, out[1] if i == grad_from else None
+
+        if spec.blocks == 1:
+            v, t, g = block()
+        else:
+            if loop is None:
+                raise ValueError("this backend runs no direction blocks (direction_chunk_size)")
+            v, t, g = loop(block, spec)
+        value = v if value is None else value
+        total = _add(total, t)
         if i == grad_from:
-            grad = out[1]
+            grad = g
+    for j, spec in enumerate(specs):  # served order-0 groups: a_0 · f
+        if spec.served and spec.order == 0:
+            total = _add(total, _top_sum(group_inputs(j, spec)[0], [value]))
     return value, total, grad
+
+
+def python_loop(concat: Callable[[list], Any]) -> Loop:
+    """A ``loop`` for eager or emitting backends: the blocks one after the other (each block's arrays are
+    freed before the next forms), the gradient's blocks joined by ``concat`` along the direction axis."""
+
+    def loop(block, spec: GroupSpec):
+        value = total = None
+        grads = []
+        for b in range(spec.blocks):
+            v, t, g = block(b)
+            value = v if value is None else value
+            total = _add(total, t)
+            if g is not None:
+                grads.append(g)
+        return value, total, concat(grads) if grads else None
+
+    return loop
+
+
+def _add(a, b):
+    return b if a is None else (a if b is None else a + b)
 
 
 def _seed(ctx: Context, spec: GroupSpec, x0, V, xvar) -> list:
@@ -97,10 +175,10 @@ def _seed(ctx: Context, spec: GroupSpec, x0, V, xvar) -> list:
     jet = [x0] + [None] * K
     if K == 0:
         return jet
-    if spec.identity and ctx.per_direction(1):
-        jet[1] = Identity(spec.R)
-        return jet
-    if spec.identity:
+    if spec.identity and spec.blocks == 1:
+        if ctx.per_direction(1):
+            jet[1] = Identity(spec.R)
+            return jet
         V = ctx.layout.eye(xvar)
     return taylor.seed(x0, V, ctx.tctx)
 

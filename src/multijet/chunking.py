@@ -1,0 +1,46 @@
+"""Chunking, framework-free: the chunk keywords checked, and a plan's groups split into direction blocks.
+
+``Σ_r w_r f_K(v_r)`` is additive over subsets of directions, so a group may run as blocks of at most
+``direction_chunk_size`` directions; points are independent, so ``chunk_size`` points may run per pass. The
+collapsed and standard executors split directions inside the engine (:func:`multijet.engine.group_specs`);
+nested AD, which runs every group by itself, takes the plan split by :func:`split_directions`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .plan import JetGroup, Plan
+
+__all__ = ["check_chunks", "split_directions"]
+
+
+def check_chunks(chunk_size, direction_chunk_size) -> dict[str, int | None]:
+    """``{"chunk_size": …, "direction_chunk_size": …}``, each a positive integer or None (no chunking)."""
+    out = {"chunk_size": chunk_size, "direction_chunk_size": direction_chunk_size}
+    for key, value in out.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{key} must be a positive integer or None (no chunking), got {value!r}")
+        out[key] = int(value)
+    return out
+
+
+def split_directions(plan: Plan, chunk: int | None) -> Plan:
+    """The plan with every group of more than ``chunk`` directions split into groups of at most ``chunk``
+    (unit directions stay symbolic). Mixed-order sharing is dropped: for executors that run every group."""
+    if chunk is None:
+        return plan
+    groups: list[JetGroup] = []
+    for g in plan.groups:
+        step = chunk if g.order else g.size  # a value group has one (zero) direction
+        for lo in range(0, g.size, step):
+            hi = min(lo + step, g.size)
+            if g.unit_axes is not None:
+                groups.append(JetGroup(g.order, None, g.weights[lo:hi], g.label, g.unit_axes[lo:hi], dim=g.dim))
+            else:
+                groups.append(JetGroup(g.order, g.directions[lo:hi], g.weights[lo:hi], g.label))
+    return dataclasses.replace(plan, groups=tuple(groups))
