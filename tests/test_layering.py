@@ -294,4 +294,4 @@ def test_backend_auto_goes_through_the_registered_resolver():
     finally:
         api.register_auto_backend(previous)
     assert float(out) == 18.0
-    assert calls == [{"method": "collapsed", "samples": None, "distribution": None}]  # None: the planner picks per level
+    assert calls == [{"method": "collapsed", "samples": None, "distribution": None}]  # planner picks
