@@ -136,7 +136,8 @@ def _group_inputs(plan: Plan, E: Emitter, root: torch.nn.Module, x0: Co, xp: tor
             if g is None or g.unit_axes is not None:  # rows of the identity, built in the graph
                 axes = range(lo, lo + R) if g is None else g.unit_axes[lo : lo + R]
                 root.register_buffer(f"axes{tag}", torch.as_tensor(list(axes), dtype=torch.long, device=xp.device))
-                rows = E.call(torch.nn.functional.one_hot, E.graph.get_attr(f"axes{tag}"), D)
+                cols = E.call(torch.arange, D, device=E.device)  # one_hot would check its indices (data-dependent)
+                rows = E.call(torch.eq, E.call(torch.unsqueeze, E.graph.get_attr(f"axes{tag}"), 1), cols)
                 V = Co(E, E.call(torch.unsqueeze, E.call(torch.Tensor.to, rows, xp.dtype), 0), False, R, (D,))
             else:
                 V_b = torch.as_tensor(g.directions[lo : lo + R], dtype=xp.dtype, device=xp.device)[None]
