@@ -11,9 +11,11 @@ other node becomes one equation (or, for a composite op, several) whose kind rec
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import operator
 import os
+import threading
 import traceback
 from collections.abc import Callable
 
@@ -32,7 +34,10 @@ from .torch_node import COMPOSED, In, NodeInfo
 from .torch_table import decompositions, key_of, lookup, node_name
 from .torch_table_linear import vecmat_rule
 
-__all__ = ["capture", "to_program", "one_output", "raise_if_data_dependent", "check_param_dtypes", "NAME"]
+__all__ = [
+    "capture", "capturing", "enclosed", "outside_trace", "to_program", "one_output", "raise_if_data_dependent",
+    "check_param_dtypes", "NAME",
+]  # fmt: skip
 
 NAME = "torch"
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
@@ -119,14 +124,73 @@ def check_param_dtypes(f: Callable, dtype: torch.dtype) -> None:
         )
 
 
-def capture(f: Callable, x_point: torch.Tensor) -> fx.GraphModule:
-    """``make_fx`` of ``f`` at one point: functionalised ATen ops with source lines recorded."""
+_STATE = threading.local()  # .stack: the purposes of multijet's make_fx captures tracing right now, innermost last
+
+
+def _stack() -> list:
+    if not hasattr(_STATE, "stack"):
+        _STATE.stack = []
+    return _STATE.stack
+
+
+def capturing() -> str | None:
+    """The purpose of the innermost of multijet's captures tracing the code running now (it records its ops):
+    ``"jet"`` (a program for the engine) or ``"nested"`` (a program for ``method="nested"``); None outside."""
+    stack = _stack()
+    return stack[-1] if stack else None
+
+
+def enclosed(x: torch.Tensor) -> bool:
+    """Whether ``x`` is traced or transformed by something enclosing this call: a ``make_fx`` capture (fake,
+    functional or proxy tensors) or a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ``jvp``…)."""
+    from torch._subclasses.fake_tensor import is_fake
+    from torch.fx.experimental.proxy_tensor import get_proxy_mode
+
+    fn = torch._C._functorch
+    try:
+        wrapped = fn.is_functorch_wrapped_tensor(x) or fn.is_functionaltensor(x) or torch._is_functional_tensor(x)
+        transforms = fn.peek_interpreter_stack() is not None
+    except Exception:  # pragma: no cover - depends on torch internals
+        wrapped = transforms = False
+    return wrapped or transforms or is_fake(x) or get_proxy_mode() is not None
+
+
+@contextlib.contextmanager
+def outside_trace():
+    """Leave every enclosing trace and transform (functorch interpreters, proxy and fake modes) for a while."""
+    from torch._functorch.pyfunctorch import temporarily_clear_interpreter_stack
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
+
+    saved, _STATE.stack = _stack(), []
+    try:
+        with temporarily_clear_interpreter_stack(), disable_proxy_modes_tracing(), unset_fake_temporarily():
+            yield
+    finally:
+        _STATE.stack = saved
+
+
+def capture(f: Callable, x_point: torch.Tensor, purpose: str = "jet") -> fx.GraphModule:
+    """``make_fx`` of ``f`` at one point: functionalised ATen ops with source lines recorded.
+
+    ``purpose`` (``"jet"`` or ``"nested"``: who will run the graph) is what :func:`capturing` says meanwhile.
+
+    Only the point's shape, dtype and device matter. Inside an enclosing trace or ``torch.func`` transform
+    the capture steps outside it and traces at a real point (``make_fx`` under a transform would record
+    the transformed input as a constant, so the graph would not depend on its input); the graph is then
+    *called* on the transformed input, and the enclosing transform sees its ops.
+    """
     global _DECOMP
     from torch.fx.experimental.proxy_tensor import make_fx
 
+    if enclosed(x_point):
+        with outside_trace():
+            point = torch.zeros(tuple(x_point.shape), dtype=x_point.dtype, device=x_point.device)
+            return capture(f, point, purpose)
     if _DECOMP is None:
         _DECOMP = decompositions()
     check_param_dtypes(f, x_point.dtype)
+    _stack().append(purpose)
     try:
         with _user_frames_recorded():
             gm = make_fx(
@@ -145,6 +209,8 @@ def capture(f: Callable, x_point: torch.Tensor) -> fx.GraphModule:
             f"capturing it ({type(e).__name__}: {str(e).strip().splitlines()[0][:300]}). Check that f takes one "
             "point of shape (D,) (it is vmapped over the batch) and returns a tensor."
         ) from e
+    finally:
+        _stack().pop()
     gm.graph.eliminate_dead_code()
     return gm
 

@@ -9,9 +9,9 @@ from collections.abc import Callable
 import torch
 import torch.fx as fx
 
-from ..errors import BackendError
+from ..errors import BackendError, MultijetError
 from ..plan import JetGroup, Plan
-from .torch_capture import capture, check_param_dtypes, one_output
+from .torch_capture import capture, capturing, check_param_dtypes, one_output
 
 __all__ = ["nested_program", "run_nested"]
 
@@ -75,6 +75,10 @@ def _directions(group: JetGroup, X: torch.Tensor) -> torch.Tensor:
 _VMAP_UNSAFE = ("linalg", "_linalg", "det", "logdet", "slogdet", "inverse", "cholesky", "lu", "triangular_solve")
 
 
+class _NotCapturable(BackendError):
+    """Raised inside an enclosing nested capture, so that it differentiates its function directly."""
+
+
 def nested_program(f, x_point: torch.Tensor) -> tuple[Callable, bool]:
     """The function nested AD differentiates, and whether it may be vmapped over points.
 
@@ -84,7 +88,7 @@ def nested_program(f, x_point: torch.Tensor) -> tuple[Callable, bool]:
     """
     check_param_dtypes(f, x_point.dtype)
     try:
-        gm = capture(f, x_point.detach())
+        gm = capture(f, x_point.detach(), "nested")
     except BackendError:
         return one_output(f), True
     names = [getattr(n.target, "__name__", "") for n in gm.graph.nodes if n.op == "call_function"]
@@ -92,14 +96,36 @@ def nested_program(f, x_point: torch.Tensor) -> tuple[Callable, bool]:
 
 
 def run_nested(plan: Plan, f, X: torch.Tensor, return_grad: bool, program=None):
-    """Nested ``torch.func`` AD of the captured program (or of ``f`` where an op of it lacks forward AD)."""
+    """Nested ``torch.func`` AD of the captured program (or of ``f`` where an op of it lacks forward AD).
+
+    Inside a function that an enclosing ``method="nested"`` call is capturing (``mj.laplacian(lambda x:
+    mj.laplacian(f, x, method="nested"), X, method="nested")``, the composition route with method="nested"),
+    the transforms would be recorded into that graph, which torch.func cannot differentiate again (the traced
+    transforms hold forward-AD bookkeeping ops without a functorch rule). So this refuses to be captured there
+    (:class:`_NotCapturable`), and the enclosing call differentiates its function directly: torch.func of
+    torch.func, with this program captured outside the enclosing transforms (exact).
+    """
+    if capturing() == "nested":
+        raise _NotCapturable(
+            "method='nested' runs torch.func transforms, which are not captured into the program of an enclosing "
+            "method='nested' call (that call differentiates its function directly instead)"
+        )
     g, batchable = program if program is not None else nested_program(f, X[0])
     try:
-        return _nested_batch(plan, g, X, return_grad, batchable)
-    except NotImplementedError:  # e.g. aten.copy from an in-place assignment has no forward-AD formula
-        if not isinstance(g, fx.GraphModule):
+        try:
+            return _nested_batch(plan, g, X, return_grad, batchable)
+        except NotImplementedError:  # e.g. aten.copy from an in-place assignment has no forward-AD formula
+            if not isinstance(g, fx.GraphModule):
+                raise
+            return _nested_batch(plan, one_output(f), X, return_grad, batchable)
+    except Exception as e:
+        if capturing() != "jet" or isinstance(e, MultijetError):
             raise
-        return _nested_batch(plan, one_output(f), X, return_grad, batchable)
+        raise BackendError(  # traced by an enclosing collapsed/standard call (e.g. its make_fx fails on them)
+            "method='nested' runs torch.func transforms, and the enclosing multijet call (method='collapsed' or "
+            f"'standard') could not capture them ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}); use "
+            "method='nested' for the enclosing call too, or method='collapsed' or 'standard' for this inner one"
+        ) from e
 
 
 def _nested_batch(plan: Plan, g, X: torch.Tensor, return_grad: bool, batchable: bool):

@@ -349,26 +349,53 @@ def _linalg(op, outputs, extra=None):
 
 
 def _solve_parts(n):
+    """``A⁻¹ B`` (``B A⁻¹`` for ``left=False``) with torch's rule for a vector right-hand side (``B`` of shape
+    ``(n,)``, or ``A``'s shape without its last axis) and batch axes of ``A`` and ``B`` broadcast.
+
+    In the layout both operands carry two more leading axes, which would change torch's reading of ``B``
+    (vector or matrix) and the alignment of the batch axes; so ``B`` is made a matrix (a trailing axis of
+    size 1) and both are aligned to the product's rank before ``solve`` and the products of the rule.
+    """
     left = n.kwargs.get("left", True)
     A, B = n.args[0], n.args[1]
-    if not isinstance(A, In) or len(A.shape) != 2:  # batched A: torch's vector/matrix right-hand sides differ
+    if not isinstance(A, In) or not isinstance(B, In) or len(A.shape) < 2:
         return None
-    vec = len(B.shape) == 1
+    vec = len(B.shape) == 1 or (len(B.shape) == len(A.shape) - 1 and tuple(B.shape) == tuple(A.shape[:-1]))
+    if vec and not left:  # torch refuses it
+        return None
     shape = n.outs[0].shape
+    mshape = shape + ((1,) if vec else ())  # the result as matrices
+    nd = len(mshape)
+
+    def as_matrix(b):
+        return b.map(torch.unsqueeze, -1, shape=b.shape + (1,)) if vec else b
+
+    def result(c):
+        return c.map(torch.squeeze, -1, shape=shape) if vec else c
 
     def fn(a, b):
-        res = a.E.call(torch.linalg.solve, a.node, b.node if not vec else b.map(torch.unsqueeze, -1).node, left=left)
-        out = Co(a.E, res, a.b or b.b, max(a.r, b.r), shape + ((1,) if vec else ()))
-        return [out.map(torch.squeeze, -1, shape=shape) if vec else out]
+        E = a.E
+        p, q = E.align(a, nd), E.align(as_matrix(b), nd)  # equal ranks: torch reads q as matrices
+        res = E.call(torch.linalg.solve, p.node, q.node, left=left)
+        return [result(Co(E, res, a.b or b.b, max(a.r, b.r), mshape))]
 
-    def apply(inv, rhs):
-        if vec:
-            return mv_fn(shape)(inv, rhs)
-        return _mm(inv, rhs) if left else _mm(rhs, inv)
+    if len(A.shape) == 2 and len(B.shape) <= 2:  # one matrix: the products may use a constant operand's GEMM
 
-    if vec and not left:
-        return None
-    return {"fn": fn, "apply": apply}
+        def apply(inv, rhs):
+            if vec:
+                return mv_fn(shape)(inv, rhs)
+            return _mm(inv, rhs) if left else _mm(rhs, inv)
+
+        return {"fn": fn, "apply": apply}
+
+    def apply_batched(inv, rhs):
+        E = inv.E
+        p, q = E.align(inv, nd), E.align(as_matrix(rhs), nd)
+        if not left:
+            p, q = q, p
+        return [result(Co(E, E.call(torch.matmul, p.node, q.node), p.b or q.b, max(p.r, q.r), mshape))]
+
+    return {"fn": fn, "apply": apply_batched}
 
 
 def _solve(n):

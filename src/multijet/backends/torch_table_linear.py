@@ -11,6 +11,7 @@ import torch
 
 from ..engine import kinds
 from .torch_emit import Co
+from .torch_node import In
 
 aten = torch.ops.aten
 
@@ -130,6 +131,11 @@ def _diag_embed(n):
     return _lin(lambda c: [c.map(torch.diag_embed, off, _ax(d1, nd), _ax(d2, nd), shape=shape)])
 
 
+def _triangle(fn):
+    """``tril``/``triu``: a mask on the last two (point) axes, so the same op on every coefficient."""
+    return lambda n: _lin(lambda c: [c.map(fn, n.arg(1, "diagonal", 0))])
+
+
 def _broadcast_in_dim(n):
     shape, bdims = n.outs[0].shape, n.arg(2, "broadcast_dimensions")
     inter = [1] * len(shape)
@@ -184,6 +190,21 @@ def _index_const(n):
         return [c.map(aten.index.Tensor, nodes, shape=shape)]
 
     return _lin(fn)
+
+
+def _gather(n):
+    """``gather(x, dim, index)``: linear in ``x`` for a fixed index (e.g. the indices a sort returned)."""
+    x, index = n.args[0], n.args[2]
+    if not isinstance(x, In) or not isinstance(index, In) or not x.shape:
+        return None
+    nd, shape = len(x.shape), n.outs[0].shape
+    d = _ax(n.arg(1, "dim"), nd)
+
+    def fn(c, i):
+        c, i = common_lead([c, i])
+        return [Co(c.E, c.E.call(torch.gather, c.node, d, i.node), c.b, c.r, shape)]
+
+    return kinds.Linear(fn, (0,))
 
 
 def _index_select(n):
@@ -332,8 +353,9 @@ LINEAR = {
     "t": _transpose, "t_": _transpose, "t_copy": _transpose,
     "permute": _permute, "permute_copy": _permute, "expand": _expand, "expand_copy": _expand,
     "select": _select, "select_copy": _select, "slice": _slice, "slice_copy": _slice, "narrow": _narrow,
-    "cumsum": _along(torch.cumsum, "dim"), "flip": _flip, "index_select": _index_select,
+    "cumsum": _along(torch.cumsum, "dim"), "flip": _flip, "index_select": _index_select, "gather": _gather,
     "diagonal": _diagonal, "diagonal_copy": _diagonal, "diag_embed": _diag_embed,
+    "tril": _triangle(torch.tril), "triu": _triangle(torch.triu),
     "clone": _same, "alias": _same, "contiguous": _same, "lift_fresh_copy": _same, "alias_copy": _same,
     "positive": _same, "_to_copy": _to_copy, "copy": _copy,
     "prims.broadcast_in_dim": _broadcast_in_dim, "prims.sum": _reduce(torch.sum),
