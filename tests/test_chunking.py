@@ -61,6 +61,11 @@ OPERATORS = {
         {},
     ),
     "bilaplacian": (mj.Bilaplacian(), {"route": "directions"}),
+    "laplacian on 4 of 5 axes": (mj.WeightedLaplacian(np.diag([1.0, 0.0, 2.0, 1.0, 3.0])), {}),
+    "laplacian on 2 of 5 axes + b·∇": (
+        mj.WeightedLaplacian(np.diag([0.0, 0.0, 2.0, 0.0, 3.0])) + mj.LinearOperator({(0, 0, 1, 0, 0): 1.0}),
+        {},
+    ),
 }
 
 

@@ -242,7 +242,12 @@ def _toy_mlp(ns):
     return f
 
 
-@pytest.mark.parametrize("op", [mj.Laplacian(), mj.Bilaplacian(), OP, mj.WeightedLaplacian(np.diag([1.0, 2.0, 3.0]))])
+MIXED = mj.Laplacian() + mj.LinearOperator({(1, 0, 0): 2.0, (0, 0, 1): -1.0, (0, 0, 0): 0.5})  # served by Δ's group
+
+
+@pytest.mark.parametrize(
+    "op", [mj.Laplacian(), mj.Bilaplacian(), OP, mj.WeightedLaplacian(np.diag([1.0, 2.0, 3.0])), MIXED]
+)
 def test_toy_backend_matches_the_numpy_reference(toy, op):
     import toy_backend
 

@@ -135,10 +135,10 @@ def run(plan, f, x, *, method="collapsed", return_grad=False):
 
         def inputs(i, spec, x0=x0):
             g = plan.groups[i] if i < len(plan.groups) else None
-            w = np.ones(spec.R) if g is None else g.weights
+            w = engine.group_weights(plan, i, spec)  # served: the read-off a; identity seeds: zero-filled
             ctx = engine.Context(spec.order, spec.collapsed, spec.R, Layout(spec.R),
                                  lambda a, w=w: np.tensordot(w, a, axes=1)[None], backend=NAME)  # fmt: skip
-            return ctx, x0[None], None if g is None else g.directions
+            return ctx, x0[None], None if g is None or spec.identity or spec.served else g.directions
 
         value, total, grad = engine.evaluate(program, specs, return_grad, inputs)
         shape = program.outvars[0].shape

@@ -262,8 +262,8 @@ def _specs_arrays(plan: Plan, method: str, return_grad: bool, dtype, dchunk: int
     with zero-direction padding when ``dchunk`` splits the group."""
     specs = engine.group_specs(plan, method, return_grad, dchunk)
     arrays = []
-    for g, spec in zip(plan.groups, specs, strict=False):
-        w = np.asarray(g.served_by[1] if spec.served else g.weights)
+    for i, (g, spec) in enumerate(zip(plan.groups, specs, strict=False)):
+        w = engine.group_weights(plan, i, spec)
         V = None if (spec.identity or spec.served or spec.order == 0) else g.directions
         if spec.blocks > 1:
             pad = spec.blocks * spec.R - spec.size

@@ -121,11 +121,10 @@ def _evaluate(program, plan: Plan, method: str, return_grad: bool, x0, dtype, N:
     def inputs(i, spec, b=0):
         lo = b * spec.R
         R = min(spec.R, spec.size - lo)  # the last block may be partial
-        g = plan.groups[i] if i < len(plan.groups) else None
-        w = np.ones(R, dtype) if g is None else (g.served_by[1] if spec.served else g.weights)[lo : lo + R]
+        w = engine.group_weights(plan, i, spec)[lo : lo + R]
         V = None
         if spec.order and not spec.served and not (spec.identity and spec.blocks == 1):
-            V = _rows(g, lo, lo + R, plan.dim, dtype)[None]
+            V = _rows(None if spec.identity else plan.groups[i], lo, lo + R, plan.dim, dtype)[None]
         wsum = _wsum(w.astype(dtype), spec.ones)
         ctx = engine.Context(spec.order, spec.collapsed, R, Layout(N, R), wsum, backend=NAME)
         return ctx, x0, V
@@ -134,7 +133,7 @@ def _evaluate(program, plan: Plan, method: str, return_grad: bool, x0, dtype, N:
 
 
 def _rows(g, lo: int, hi: int, dim: int, dtype) -> np.ndarray:
-    """Directions ``lo … hi−1`` of group ``g`` (None: the gradient group's unit vectors), unit ones built as rows
+    """Directions ``lo … hi−1`` of group ``g`` (None: an identity seed's unit vectors), unit ones built as rows
     of the identity."""
     if g is not None and g.unit_axes is None:
         return g.directions[lo:hi].astype(dtype)

@@ -126,8 +126,8 @@ def _group_inputs(plan: Plan, E: Emitter, root: torch.nn.Module, x0: Co, xp: tor
     def inputs(i: int, spec: engine.GroupSpec, b: int = 0):
         lo = b * spec.R
         R = min(spec.R, spec.size - lo)  # block b (the last one may be partial)
-        g = plan.groups[i] if i < len(plan.groups) else None  # None: the extra gradient group along e_1 … e_D
-        weights = np.ones(R) if g is None else (g.served_by[1] if spec.served else g.weights)[lo : lo + R]
+        g = None if spec.identity else plan.groups[i]  # None: unit vectors e_1 … e_D (an identity seed)
+        weights = engine.group_weights(plan, i, spec)[lo : lo + R]
         tag = f"{i}" if spec.blocks == 1 else f"{i}_{b}"
         root.register_buffer(f"w{tag}", torch.as_tensor(weights, dtype=xp.dtype, device=xp.device))
         sums = GroupSums(E, R, E.graph.get_attr(f"w{tag}"), [float(w) for w in weights])

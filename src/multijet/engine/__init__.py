@@ -17,7 +17,7 @@ from .context import Context, Identity, Layout
 from .outputs import stack_outputs
 from .program import Equation, Program, Var
 from .propagate import propagate
-from .run import GroupSpec, block_sizes, evaluate, group_specs, python_loop, schedule_for
+from .run import GroupSpec, block_sizes, evaluate, group_specs, group_weights, python_loop, schedule_for
 from .schedule import Schedule, make_schedule
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "GroupSpec",
     "schedule_for",
     "python_loop",
+    "group_weights",
     "block_sizes",
     "set_strict",
     "is_strict",

@@ -27,7 +27,7 @@ from .program import Program
 from .propagate import propagate
 from .schedule import Schedule, make_schedule
 
-__all__ = ["GroupSpec", "group_specs", "evaluate", "schedule_for", "block_sizes", "python_loop"]
+__all__ = ["GroupSpec", "group_specs", "group_weights", "evaluate", "schedule_for", "block_sizes", "python_loop"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,8 @@ def block_sizes(size: int, chunk: int | None) -> tuple[int, int]:
 def group_specs(plan, method: str, return_grad: bool, direction_chunk: int | None = None) -> tuple[GroupSpec, ...]:
     """The plan's groups (plus a gradient group when no group yields the gradient).
 
-    ``method="nested"`` gives standard specs without sharing (nested AD runs every group itself).
+    ``method="nested"`` gives standard specs without sharing (nested AD runs every group itself). Unit
+    directions on at least half the axes run as the identity seed over all D (zero weight on the others).
     """
     collapsed = method == "collapsed"
     share = method != "nested"
@@ -65,18 +66,54 @@ def group_specs(plan, method: str, return_grad: bool, direction_chunk: int | Non
              for h in set(served.values())}  # fmt: skip
     out = []
     for i, g in enumerate(plan.groups):
-        ones = bool(np.all((g.served_by[1] if i in served else g.weights) == 1.0))  # a served group sums with a
         if i in served:
-            size = plan.groups[served[i]].size if g.order else 1
-            R, n = block_sizes(size, direction_chunk)
-            out.append(GroupSpec(g.order, R, False, ones, collapsed, served=True, blocks=n, size=size))
-            continue
-        R, n = block_sizes(g.size, direction_chunk) if g.order else (g.size, 1)
-        out.append(GroupSpec(g.order, R, g.identity, ones, collapsed, reads=hosts.get(i, ()), blocks=n, size=g.size))
+            size = _seed_size(plan.groups[served[i]]) if g.order else 1
+            kind = dict(served=True)
+        else:
+            size = _seed_size(g) if g.order else g.size
+            kind = dict(reads=hosts.get(i, ()))
+        R, n = block_sizes(size, direction_chunk) if g.order else (size, 1)
+        ones = bool(np.all(_weights(plan, i, i in served) == 1.0))
+        identity = i not in served and g.order > 0 and _embedded(g)
+        out.append(GroupSpec(g.order, R, identity, ones, collapsed, blocks=n, size=size, **kind))
     if return_grad and _gradient_group(out) is None:
         R, n = block_sizes(plan.dim, direction_chunk)
         out.append(GroupSpec(1, R, True, True, False, gradient_only=True, blocks=n, size=plan.dim))
     return tuple(out)
+
+
+def group_weights(plan, i: int, spec: GroupSpec):
+    """Group ``i``'s weights over its ``spec.size`` directions: the served group's read-off ``a`` (over the
+    host's directions), zeros where an identity seed covers axes the group does not use, ones for the
+    gradient group."""
+    if i >= len(plan.groups):
+        return np.ones(spec.size)
+    return _weights(plan, i, spec.served)
+
+
+def _weights(plan, i: int, served: bool):
+    g = plan.groups[i]
+    if served:
+        host, a = g.served_by
+        return _scatter(plan.groups[host], a) if g.order else a
+    return _scatter(g, g.weights)
+
+
+def _embedded(g) -> bool:
+    """Unit directions (all distinct) on at least half of the D axes: seeded as the identity."""
+    return g.unit_axes is not None and 2 * g.size >= g.dim and len(set(g.unit_axes)) == g.size
+
+
+def _seed_size(g) -> int:
+    return g.dim if _embedded(g) else g.size
+
+
+def _scatter(g, w):
+    if g.order == 0 or not _embedded(g) or g.identity:
+        return np.asarray(w)
+    out = np.zeros(g.dim)
+    out[list(g.unit_axes)] = w
+    return out
 
 
 def _gradient_group(specs) -> int | None:
