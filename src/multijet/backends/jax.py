@@ -25,7 +25,7 @@ from ..engine.outputs import stack_outputs
 from ..engine.program import Equation, Program, Var
 from ..plan import Plan
 from .jax_linalg import LINALG_CALLS  # noqa: F401  (registers the linear-algebra rules)
-from .jax_nested import nested_point, unit_rows
+from .jax_nested import nested_point
 from .jax_table import KINDS, RULES, bind_fn, map_lead, register_rule
 
 __all__ = ["NAME", "run", "compile", "seed_from", "register_rule", "RULES", "KINDS", "set_strict", "capture"]
@@ -157,6 +157,12 @@ class Layout:
     def eye(self, var: Var):
         return jnp.eye(var.shape[0], dtype=var.dtype)
 
+    def unit_rows(self, var: Var, seed):
+        return (seed.rows[:, None] == jnp.arange(var.shape[0])[None, :]).astype(var.dtype)
+
+    def take(self, c, seed):
+        return jnp.take(c, seed.rows, axis=0, mode="fill", fill_value=0)  # rows ≥ D: a padded block
+
     def fit(self, c, var: Var, per_direction: bool):
         c = jnp.asarray(c)
         if c.dtype != var.dtype:
@@ -206,9 +212,14 @@ def _jet_point(jaxpr, specs, return_grad, consts, x, arrays):
     def inputs(i, spec, b=None):
         lead = (spec.blocks, spec.R) if spec.blocks > 1 else (spec.R,)
         V, w = arrays[i] if i < len(arrays) else (None, jnp.ones(lead, x.dtype))
-        if b is not None:  # block b of the group's directions (unit rows built here, never the D×D identity)
+        if b is not None:  # block b of the group's directions (unit ones symbolic, never the D×D identity)
             w = w[b]
-            V = unit_rows(b, spec.R, x.shape[0], x.dtype) if spec.identity else None if V is None else V[b]
+            if spec.identity:
+                V = engine.Identity(spec.R, b * spec.R + jnp.arange(spec.R))
+            elif V is not None:
+                V = V[b]
+        if spec.unit:  # unit directions on some axes: V holds the axes
+            V = engine.Identity(spec.R, V)
         return _context(spec, w), x, V
 
     value, total, grad = engine.evaluate(program, specs, return_grad, inputs, _block_loop)
@@ -264,13 +275,26 @@ def _specs_arrays(plan: Plan, method: str, return_grad: bool, dtype, dchunk: int
     arrays = []
     for i, (g, spec) in enumerate(zip(plan.groups, specs, strict=False)):
         w = engine.group_weights(plan, i, spec)
-        V = None if (spec.identity or spec.served or spec.order == 0) else g.directions
+        V = None
+        if spec.unit:  # the axes (Identity rows)
+            V = np.asarray(g.unit_axes)
+        elif not (spec.identity or spec.served or spec.order == 0):
+            V = g.directions if g.unit_axes is None else _one_hot(g.unit_axes, plan.dim)  # nested: dense rows
         if spec.blocks > 1:
             pad = spec.blocks * spec.R - spec.size
             w = np.pad(w, (0, pad)).reshape(spec.blocks, spec.R)
-            V = None if V is None else np.pad(V, ((0, pad), (0, 0))).reshape(spec.blocks, spec.R, -1)
-        arrays.append((None if V is None else jnp.asarray(V, dtype), jnp.asarray(w, dtype)))
+            if spec.unit:  # padded with the out-of-range axis D: zero rows
+                V = np.pad(V, (0, pad), constant_values=plan.dim).reshape(spec.blocks, spec.R)
+            elif V is not None:
+                V = np.pad(V, ((0, pad), (0, 0))).reshape(spec.blocks, spec.R, -1)
+        arrays.append((None if V is None else jnp.asarray(V, np.int32 if spec.unit else dtype), jnp.asarray(w, dtype)))
     return specs, tuple(arrays)
+
+
+def _one_hot(axes, dim: int) -> np.ndarray:
+    V = np.zeros((len(axes), dim))
+    V[np.arange(len(axes)), list(axes)] = 1.0
+    return V
 
 
 def _as_array(x):

@@ -77,6 +77,15 @@ class Layout:
     def eye(self, var: Var):
         return np.eye(var.shape[0], dtype=var.dtype)[None]
 
+    def unit_rows(self, var: Var, seed):
+        rows = np.asarray(seed.rows)
+        V = np.zeros((1, seed.size) + var.shape, var.dtype)
+        V[0, np.arange(seed.size), rows] = 1.0
+        return V
+
+    def take(self, c, seed):
+        return c[:, np.asarray(seed.rows)]
+
     def fit(self, c, var: Var, per_direction: bool):
         if not hasattr(c, "shape"):
             c = np.asarray(c)
@@ -123,24 +132,17 @@ def _evaluate(program, plan: Plan, method: str, return_grad: bool, x0, dtype, N:
         R = min(spec.R, spec.size - lo)  # the last block may be partial
         w = engine.group_weights(plan, i, spec)[lo : lo + R]
         V = None
-        if spec.order and not spec.served and not (spec.identity and spec.blocks == 1):
-            V = _rows(None if spec.identity else plan.groups[i], lo, lo + R, plan.dim, dtype)[None]
+        if spec.identity and spec.blocks > 1:  # a block of the identity
+            V = engine.Identity(R, np.arange(lo, lo + R))
+        elif spec.unit:  # unit directions on some axes
+            V = engine.Identity(R, np.asarray(plan.groups[i].unit_axes[lo : lo + R]))
+        elif spec.order and not spec.served and not spec.identity:
+            V = plan.groups[i].directions[lo : lo + R].astype(dtype)[None]
         wsum = _wsum(w.astype(dtype), spec.ones)
         ctx = engine.Context(spec.order, spec.collapsed, R, Layout(N, R), wsum, backend=NAME)
         return ctx, x0, V
 
     return engine.evaluate(program, specs, return_grad, inputs, engine.python_loop(_join))
-
-
-def _rows(g, lo: int, hi: int, dim: int, dtype) -> np.ndarray:
-    """Directions ``lo … hi−1`` of group ``g`` (None: an identity seed's unit vectors), unit ones built as rows
-    of the identity."""
-    if g is not None and g.unit_axes is None:
-        return g.directions[lo:hi].astype(dtype)
-    axes = np.arange(lo, hi) if g is None else np.asarray(g.unit_axes[lo:hi])
-    V = np.zeros((hi - lo, dim), dtype)
-    V[np.arange(hi - lo), axes] = 1.0
-    return V
 
 
 def _join(blocks: list):

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 import torch.fx as fx
 
@@ -132,17 +131,14 @@ def _group_inputs(plan: Plan, E: Emitter, root: torch.nn.Module, x0: Co, xp: tor
         root.register_buffer(f"w{tag}", torch.as_tensor(weights, dtype=xp.dtype, device=xp.device))
         sums = GroupSums(E, R, E.graph.get_attr(f"w{tag}"), [float(w) for w in weights])
         V = None
-        if spec.order and not spec.served and not (spec.identity and spec.blocks == 1):
-            if g is None or g.unit_axes is not None:  # rows of the identity, built in the graph
-                axes = range(lo, lo + R) if g is None else g.unit_axes[lo : lo + R]
-                root.register_buffer(f"axes{tag}", torch.as_tensor(list(axes), dtype=torch.long, device=xp.device))
-                cols = E.call(torch.arange, D, device=E.device)  # one_hot would check its indices (data-dependent)
-                rows = E.call(torch.eq, E.call(torch.unsqueeze, E.graph.get_attr(f"axes{tag}"), 1), cols)
-                V = Co(E, E.call(torch.unsqueeze, E.call(torch.Tensor.to, rows, xp.dtype), 0), False, R, (D,))
-            else:
-                V_b = torch.as_tensor(g.directions[lo : lo + R], dtype=xp.dtype, device=xp.device)[None]
-                root.register_buffer(f"V{tag}", V_b)
-                V = Co(E, E.graph.get_attr(f"V{tag}"), False, R, (D,))
+        if (spec.identity and spec.blocks > 1) or spec.unit:  # unit directions e_a: symbolic, rows by index
+            axes = range(lo, lo + R) if g is None else g.unit_axes[lo : lo + R]
+            root.register_buffer(f"axes{tag}", torch.as_tensor(list(axes), dtype=torch.long, device=xp.device))
+            V = engine.Identity(R, E.graph.get_attr(f"axes{tag}"))
+        elif spec.order and not spec.served and not spec.identity:
+            V_b = torch.as_tensor(g.directions[lo : lo + R], dtype=xp.dtype, device=xp.device)[None]
+            root.register_buffer(f"V{tag}", V_b)
+            V = Co(E, E.graph.get_attr(f"V{tag}"), False, R, (D,))
         layout = Layout(E, R)
         ctx = engine.Context(spec.order, spec.collapsed, R, layout, sums.wsum, sums.wdot, backend=NAME)
         return ctx, x0, V

@@ -237,6 +237,17 @@ class Layout:
         eye = self.E.call(torch.eye, n, dtype=var.dtype, device=self.E.device)
         return Co(self.E, self.E.call(torch.unsqueeze, eye, 0), False, n, (n,))
 
+    def unit_rows(self, var: Var, seed):
+        """Rows ``e_a``, ``a ∈ seed.rows`` (an index node), compared with ``arange(D)`` (``one_hot`` checks its
+        indices, which a capture cannot)."""
+        (n,) = var.shape
+        E = self.E
+        rows = E.call(torch.eq, E.call(torch.unsqueeze, seed.rows, 1), E.call(torch.arange, n, device=E.device))
+        return Co(E, E.call(torch.unsqueeze, E.call(torch.Tensor.to, rows, var.dtype), 0), False, seed.size, (n,))
+
+    def take(self, c: Co, seed) -> Co:
+        return Co(self.E, self.E.call(torch.index_select, c.node, 1, seed.rows), c.b, seed.size, c.shape)
+
     def fit(self, c, var: Var, per_direction: bool):
         return self.E.fit(c, var.shape)
 

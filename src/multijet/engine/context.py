@@ -38,6 +38,13 @@ class Layout(Protocol):
     def eye(self, var: Var) -> Any:
         """The identity seed ``x_1 = I`` of the input ``var`` (D,), direction axis of size D."""
 
+    def unit_rows(self, var: Var, seed: Identity) -> Any:
+        """Rows ``e_a`` for ``a`` in ``seed.rows`` of the identity (a zero row where ``a ≥ D``), direction axis
+        of size ``seed.size`` (only for backends that seed unit rows: blocks, axis subsets)."""
+
+    def take(self, c, seed: Identity) -> Any:
+        """Rows ``seed.rows`` of ``c``'s direction axis of size D (zero where ``a ≥ D``)."""
+
     def fit(self, c, var: Var, per_direction: bool) -> Any:
         """``c`` with its point axes broadcast to ``var.shape`` and cast to ``var.dtype`` (rules may return
         a broadcastable coefficient, e.g. a scalar's term in a sum with a vector)."""
@@ -46,12 +53,15 @@ class Layout(Protocol):
         """``c`` (or zeros when ``c`` is None) broadcast to full leading axes (fixed shapes for loops)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Identity:
-    """The symbolic input seed ``x_1 = I`` (directions ``e_1 … e_D`` in order); a bilinear primitive with a
-    constant ``W`` gives ``B(e_r, W)`` without a product (the first matmul is skipped)."""
+    """The symbolic input seed ``x_1 = I`` (directions ``e_1 … e_D`` in order), or with ``rows`` (the
+    backend's index array) the unit directions ``e_a``, ``a ∈ rows``: a block of the identity or a subset
+    of axes. A bilinear primitive with a constant ``W`` gives ``B(e_r, W)`` without a product (the first
+    matmul is skipped; for rows, the rows of that are taken), so no (size × D) array is formed."""
 
     size: int
+    rows: Any = None
 
 
 def is_identity(c) -> bool:
@@ -85,4 +95,8 @@ class Context:
 
     def materialize(self, jet: list, var: Var) -> list:
         """The jet with a symbolic identity seed replaced by the array."""
-        return [self.layout.eye(var) if is_identity(c) else c for c in jet]
+        return [_dense(self.layout, c, var) if is_identity(c) else c for c in jet]
+
+
+def _dense(layout: Layout, seed: Identity, var: Var):
+    return layout.eye(var) if seed.rows is None else layout.unit_rows(var, seed)

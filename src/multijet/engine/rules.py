@@ -101,6 +101,8 @@ def bilinear(ctx: Context, eqn: Equation, ins: list[list]) -> list[list]:
     for side, (seed, other) in enumerate(((a, b), (b, a))):
         if impl.identity is not None and is_identity(seed[1]) and is_const(other) and is_const(seed[2:] + [None]):
             y1 = impl.identity(side, other[0])
+            if y1 is not None and seed[1].rows is not None:  # a block or subset of the unit directions
+                y1 = ctx.layout.take(y1, seed[1])
             if y1 is not None:
                 y0 = impl.fn(a[0], b[0])[0]
                 return [[y0, y1] + [None] * (ctx.order - 1)]

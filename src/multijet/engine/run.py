@@ -44,6 +44,7 @@ class GroupSpec:
     reads: tuple[tuple[int, int], ...] = ()  # (served group j, its order k ≥ 1) read off this group's out[k]
     blocks: int = 1  # direction blocks of ``R`` directions; the last one may be partial (or padded)
     size: int = 0  # all directions of the group (``R`` when ``blocks == 1``)
+    unit: bool = False  # unit directions on fewer than half the axes: the backend seeds Identity(R, axes)
 
 
 def block_sizes(size: int, chunk: int | None) -> tuple[int, int]:
@@ -75,7 +76,8 @@ def group_specs(plan, method: str, return_grad: bool, direction_chunk: int | Non
         R, n = block_sizes(size, direction_chunk) if g.order else (size, 1)
         ones = bool(np.all(_weights(plan, i, i in served) == 1.0))
         identity = i not in served and g.order > 0 and _embedded(g)
-        out.append(GroupSpec(g.order, R, identity, ones, collapsed, blocks=n, size=size, **kind))
+        unit = share and i not in served and g.order > 0 and g.unit_axes is not None and not identity
+        out.append(GroupSpec(g.order, R, identity, ones, collapsed, blocks=n, size=size, unit=unit, **kind))
     if return_grad and _gradient_group(out) is None:
         R, n = block_sizes(plan.dim, direction_chunk)
         out.append(GroupSpec(1, R, True, True, False, gradient_only=True, blocks=n, size=plan.dim))
@@ -213,10 +215,12 @@ def _seed(ctx: Context, spec: GroupSpec, x0, V, xvar) -> list:
     if K == 0:
         return jet
     if spec.identity and spec.blocks == 1:
+        V = Identity(spec.R)
+    if isinstance(V, Identity):  # unit directions (a backend gives blocks and axis subsets as Identity(R, rows))
         if ctx.per_direction(1):
-            jet[1] = Identity(spec.R)
+            jet[1] = V
             return jet
-        V = ctx.layout.eye(xvar)
+        V = ctx.materialize([V], xvar)[0]
     return taylor.seed(x0, V, ctx.tctx)
 
 
