@@ -2,7 +2,7 @@
 interleaved run.
 
     git worktree add /tmp/mj_old 25225b1
-    python benchmarks/engine_old_vs_new.py --old-src /tmp/mj_old/src            # about 15 minutes on 2 cores
+    python benchmarks/engine_old_vs_new.py --old-src /tmp/mj_old/src            # about 20 minutes (4 rounds)
     python benchmarks/engine_old_vs_new.py --old-src /tmp/mj_old/src --quick    # a smoke run (a few minutes)
     git worktree remove --force /tmp/mj_old
 
@@ -592,9 +592,37 @@ def markdown(res: dict) -> str:
             "",
             f"Largest relative disagreement with the framework's hessian trace, any method/side: {max(errs):.1e}.",
         ]
+    if res.get("earlier_runs"):
+        L += [
+            "",
+            "## Repeat runs of this script against other snapshots of the new side (same day, same settings)",
+            "",
+            "Key ratios, old → new; each row is one whole interleaved run (the JSON keeps every run's summary).",
+            "",
+            "| new side | rounds | torch collapsed/nested `x @ W.T` N=32, 64 | JAX collapsed/folx `x @ W.T` "
+            "N=32, 64, 256 | JAX collapsed/folx `W @ x` N=32, 64, 256 | JAX new `W @ x` ÷ `x @ W.T` N=32, 64, 256 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for run in [*res["earlier_runs"], {"rev": res["new"]["rev"], "rounds": cfg["rounds"], "summary": s}]:
+            L.append(_key_row(run))
     if res.get("notes"):
         L += ["", "## Notes", ""] + [f"- {n}" for n in res["notes"]]
     return "\n".join(L) + "\n"
+
+
+def _key_row(run: dict) -> str:
+    t, j = run["summary"]["torch"], run["summary"]["jax"]
+
+    def pair(e: dict, k: str) -> str:
+        return f"{_f(e['ratios']['old'][k])} → {_f(e['ratios']['new'][k])}"
+
+    tc = ", ".join(pair(t[f"x @ W.T|{N}"], "collapsed/nested") for N in (32, 64))
+    fx = {f: ", ".join(pair(j[f"{f}|{N}"], "collapsed/folx") for N in (32, 64, 256)) for f in FORMS}
+    same = ", ".join(
+        _f(j[f"W @ x|{N}"]["min_ms"]["new"]["collapsed"] / j[f"x @ W.T|{N}"]["min_ms"]["new"]["collapsed"])
+        for N in (32, 64, 256)
+    )
+    return f"| `{run['rev']}` | {run['rounds']} | {tc} | {fx['x @ W.T']} | {fx['W @ x']} | {same} |"
 
 
 def main() -> None:
@@ -613,11 +641,30 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one round, 2 repetitions, fewer batches")
     ap.add_argument("--out", type=Path, default=OUT, help="output stem (.json and .md); default %(default)s")
     ap.add_argument("--note", action="append", default=[], help="a note for the markdown (repeatable)")
+    ap.add_argument("--render", type=Path, help="re-render the markdown of this results JSON (with --note) and stop")
+    ap.add_argument(
+        "--earlier",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="with --render: results JSONs of earlier runs whose key ratios are listed beside this one",
+    )
     ap.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
     ap.add_argument("--child-config", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(CHILDREN[args.child](json.loads(args.child_config))))
+        return
+    if args.render:  # rewrite the markdown of a finished run (notes and earlier runs added), no measuring
+        res = json.loads(args.render.read_text())
+        res["notes"] = [*res.get("notes", []), *args.note]
+        for path in args.earlier:
+            e = json.loads(path.read_text())
+            res.setdefault("earlier_runs", []).append(
+                {"rev": e["new"]["rev"], "rounds": e["config"]["rounds"], "date": e["date"], "summary": e["summary"]}
+            )
+        args.out.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
+        args.out.with_suffix(".md").write_text(markdown(res))
         return
     if bad := [k for k in args.kinds.split(",") if k.strip() and k.strip() not in KINDS]:
         ap.error(f"unknown --kinds {bad}; choose from {KINDS}")
