@@ -249,8 +249,6 @@ def _route(route: str | None, module, method: str) -> str | None:
     (``module.NESTS``); nested AD, the baseline, takes the direction set unless a route is forced."""
     if route is None and (method == "nested" or not getattr(module, "NESTS", False)):
         return "directions"
-    if route is None and getattr(module, "NAME", "") == "torch":  # composition with linalg inexact there (open)
-        return "directions"
     if route == "composition" and not getattr(module, "NESTS", False):
         raise BackendError(
             f"route='composition' needs a backend whose jet programs can be captured again; "

@@ -126,7 +126,11 @@ class Plan:
         lines.append(f"{indent}  arrays per node: collapsed {c}, standard {s}; {ratio}")
         for route, cost, why in self.alternatives:
             mark = "chosen" if route == self.route else "not chosen"
-            text = f"cost {cost} arrays per node (collapsed)" if cost is not None else f"unavailable: {why}"
+            if cost is None:
+                text = f"unavailable: {why}"
+            else:
+                note = f" ({why})" if why else ""
+                text = f"{'estimated ' if why else ''}cost {cost} arrays per node (collapsed){note}"
             lines.append(f"{indent}  route {route}: {text}; {mark}")
         lines.extend(f"{indent}  note: {n}" for n in self.notes)
         return lines
@@ -175,37 +179,39 @@ def _cached_plan(op, dim, samples, distribution, seed, route) -> Plan:
 def _plan(op: Operator, dim: int, samples, distribution, seed, route) -> Plan:
     parts = [(c, a) for c, a in op.parts() if c != 0.0]
     composable = [(c, a) for c, a in parts if a.factors() is not None]
-    options: dict[str, tuple[int | None, str]] = {}
-    if composable:
-        options["composition"] = (None, "")
+    # route -> (plan or None, collapsed cost or None, why unavailable); a route is built only when needed
+    options: dict[str, list] = {"directions": [None, *plan_sets.directions_cost(parts, dim, samples, distribution)]}
+    if not composable:
+        options["composition"] = [None, None, f"{op!r} is not written as a composition (no factors)"]
+    elif route == "directions":
+        options["composition"] = [None, None, "not evaluated (route='directions' forced)"]
     else:
-        options["composition"] = (None, f"{op!r} is not written as a composition (no factors)")
-    options["directions"] = plan_sets.directions_cost(parts, dim, samples, distribution)
-    comp_plan = None
-    if composable and route in (None, "composition"):
         try:
-            comp_plan = _composition_route(op, parts, composable, dim, samples, distribution, seed)
-            options["composition"] = (comp_plan.arrays("collapsed"), "")
+            built = _composition_route(op, parts, composable, dim, samples, distribution, seed)
+            options["composition"] = [built, built.arrays("collapsed"), ""]
         except PlanError as err:
             if route == "composition":
                 raise
-            options["composition"] = (None, str(err))
+            options["composition"] = [None, None, str(err)]
     if route is None:
-        avail = {r: cost for r, (cost, _) in options.items() if cost is not None}
+        avail = {r: o[1] for r, o in options.items() if o[1] is not None}
         if not avail:
-            raise PlanError(options["directions"][1])
+            raise PlanError(options["directions"][2])
         route = min(avail, key=lambda r: (avail[r], r != "directions"))
-    elif options[route][0] is None:
-        others = [r for r, (cost, _) in options.items() if cost is not None]
-        raise PlanError(f"route={route!r} does not exist for {op!r} here: {options[route][1]}; available: {others}")
-    alternatives = tuple((r, options[r][0], options[r][1]) for r in ROUTES if r in options)
-    if route == "composition":
-        plan = comp_plan
-    else:
+    elif options[route][1] is None:
+        others = [r for r, o in options.items() if o[1] is not None]
+        raise PlanError(f"route={route!r} does not exist for {op!r} here: {options[route][2]}; available: {others}")
+    if route == "directions":
         groups, notes = plan_sets.direction_groups(parts, dim, samples, distribution, _rng(seed, samples))
-        plan = Plan(op, dim, groups, samples, _dist_name(distribution, groups, samples), seed, notes)
-    plan = _replace(plan, route=route, alternatives=alternatives if composable else ())
-    plan = _replace(plan, groups=plan_sets.share_lower_orders(plan.groups, dim))
+        groups = plan_sets.share_lower_orders(groups, dim)
+        built = Plan(op, dim, groups, samples, _dist_name(distribution, groups, samples), seed, notes)
+        options["directions"][:2] = [built, built.arrays("collapsed")]  # the built cost, sharing included
+    plan = options[route][0]
+    for o in options.values():
+        if o[0] is None and o[1] is not None:
+            o[2] = "not built"
+    alternatives = tuple((r, options[r][1], options[r][2]) for r in ROUTES) if composable else ()
+    plan = _replace(plan, route=route, alternatives=alternatives)
     if samples is None:
         _verify(plan, op)
     return plan
@@ -228,6 +234,7 @@ def _composition_route(op, parts, composable, dim, samples, distribution, seed) 
     groups, notes = ((), ())
     if rest:
         groups, notes = plan_sets.direction_groups(rest, dim, samples, distribution, _rng(seed, samples))
+        groups = plan_sets.share_lower_orders(groups, dim)
     if samples is not None:
         notes = notes + (
             "randomised composition: independent samples per level, so E[P̂(Q̂f)] = P(Qf); "
