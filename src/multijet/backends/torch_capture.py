@@ -1,19 +1,15 @@
-"""The torch capture: ``make_fx`` of ``f`` at one point, then the fx graph → :class:`~multijet.engine.Program`.
+"""The torch capture: ``make_fx`` of ``f`` at one point, and where it stands relative to enclosing traces.
 
 ``make_fx`` records functionalised ATen ops (a few composite ops decomposed, :func:`.torch_table.decompositions`),
 so ``nn.Module``s, ``torch.nn.functional`` and array-API programs all arrive as the same ops. Parameters stay
 *live*: the captured graph reads the module's own ``Parameter`` objects, and so does the emitted one.
-
-Nodes that do not depend on ``x`` (parameters, buffers, constant subgraphs such as ``Wᵀ``) are copied into the
-emitted graph once, in point layout, and become the program's constants (:class:`~.torch_emit.Cst`); every
-other node becomes one equation (or, for a composite op, several) whose kind record comes from the table.
+The graph becomes an engine program in :mod:`.torch_program` (:func:`to_program`, re-exported here).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import operator
 import os
 import threading
 import traceback
@@ -21,39 +17,19 @@ from collections.abc import Callable
 
 import torch
 import torch.fx as fx
-import torch.utils._pytree as pytree
 
 from .. import engine
 from ..engine.outputs import stack_outputs
-from ..engine.program import Equation, Program, Var
-from ..engine.source import user_line_from_stack
-from ..errors import BackendError, MultijetError, UnsupportedPrimitiveError
-from .torch_emit import Cst, Emitter
-from .torch_generic import make_generic
-from .torch_node import COMPOSED, In, NodeInfo
-from .torch_table import decompositions, key_of, lookup, node_name
-from .torch_table_linear import vecmat_rule
+from ..errors import BackendError, MultijetError
+from .torch_program import NAME, TORCH_DIR, to_program
+from .torch_table import decompositions
 
 __all__ = [
     "capture", "capturing", "enclosed", "outside_trace", "to_program", "one_output", "raise_if_data_dependent",
     "check_param_dtypes", "NAME",
 ]  # fmt: skip
 
-NAME = "torch"
-_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
-_SKIP = (_TORCH_DIR,)
 _DECOMP = None
-_RANDOM_OPS = {"rand_like", "randn_like", "bernoulli", "dropout", "native_dropout", "randint_like", "multinomial",
-               "normal", "rand", "randn", "randint", "randperm", "uniform", "exponential"}  # fmt: skip
-
-
-def _user_line(node: fx.Node) -> str | None:
-    return user_line_from_stack(node.meta.get("stack_trace"), _SKIP + _array_api_dirs())
-
-
-def _array_api_dirs() -> tuple:
-    mod = __import__("sys").modules.get("array_api_compat")
-    return (os.path.dirname(os.path.abspath(mod.__file__)),) if mod is not None else ()
 
 
 class _user_frames_recorded:
@@ -69,7 +45,7 @@ class _user_frames_recorded:
 
             def keep_user(tracer, summary):
                 return traceback.StackSummary.from_list(
-                    [fr for fr in summary if not os.path.abspath(fr.filename).startswith((_TORCH_DIR, pkg))
+                    [fr for fr in summary if not os.path.abspath(fr.filename).startswith((TORCH_DIR, pkg))
                      and "array_api_compat" not in fr.filename and "contextlib" not in fr.filename]
                 )  # fmt: skip
 
@@ -213,238 +189,3 @@ def capture(f: Callable, x_point: torch.Tensor, purpose: str = "jet") -> fx.Grap
         _stack().pop()
     gm.graph.eliminate_dead_code()
     return gm
-
-
-def is_random_op(target) -> bool:
-    """Whether ``target`` draws random numbers (dropout, ``randn_like``, …): no Taylor expansion exists."""
-    return getattr(target, "__name__", str(target)).split(".")[0] in _RANDOM_OPS
-
-
-def _refuse_random(target, where) -> None:
-    if is_random_op(target):
-        raise UnsupportedPrimitiveError(
-            node_name(target),
-            NAME,
-            where,
-            hint="random operations have no Taylor expansion (and would draw one sample for the whole batch); "
-            "remove them, e.g. call net.eval() to turn dropout off.",
-        )
-
-
-_CHECK = torch.ops.aten._linalg_check_errors.default
-
-
-def _meta(node):
-    return node.meta.get("val")
-
-
-def _is_tensor(m) -> bool:
-    return isinstance(m, torch.Tensor)
-
-
-def _vecmat(u: fx.Node):
-    """``squeeze(mm(unsqueeze(x, 0), B), 0)`` (how ATen records ``x @ B`` for a vector): the mm and squeeze."""
-    if u.target is not torch.ops.aten.unsqueeze.default or u.args[1] != 0 or len(u.users) != 1:
-        return None
-    (m,) = u.users
-    if m.target is not torch.ops.aten.mm.default or m.args[0] is not u or len(m.users) != 1:
-        return None
-    (s,) = m.users
-    squeezes = (torch.ops.aten.squeeze_.dim, torch.ops.aten.squeeze.dim, torch.ops.aten.squeeze.dims)
-    if s.target not in squeezes or s.args[1] not in (0, [0], (0,)) or _meta(u.args[0]).dim() != 1:
-        return None
-    return m, s
-
-
-class _Capture:
-    """fx graph → Program; constants emitted into ``E``'s graph as they are met."""
-
-    def __init__(self, gm: fx.GraphModule, E: Emitter, root: torch.nn.Module):
-        self.gm, self.E, self.root = gm, E, root
-        self.consts: dict[Var, Cst] = {}
-        self.eqns: list[Equation] = []
-        self._cvars: dict[int, Var] = {}
-        self._where = None
-        self._used: set[Var] = set()
-
-    # --- the composite builders' interface --------------------------------------------------------------
-    def var(self, shape, dtype) -> Var:
-        return Var(tuple(shape), dtype, _inexact(dtype))
-
-    def scalar(self, value, dtype) -> Var:
-        node = self.E.call(torch.scalar_tensor, value, dtype=dtype, device=self.E.device)
-        return self.const_var(Cst(node, (), dtype))
-
-    def eqn(self, prim, impl, ins, outs) -> None:
-        self.eqns.append(Equation(prim, list(ins), list(outs), impl, self._where))
-
-    def used(self, var) -> bool:
-        return var in self._used
-
-    def const_var(self, cst: Cst) -> Var:
-        v = self._cvars.get(id(cst))
-        if v is None:
-            v = Var(tuple(cst.shape), cst.dtype, _inexact(cst.dtype), name=f"c{len(self._cvars)}")
-            self._cvars[id(cst)] = v
-            self.consts[v] = cst
-        return v
-
-    # --- the walk ----------------------------------------------------------------------------------------
-    def program(self) -> Program:
-        env: dict = {}
-        dep: set = set()
-        fused: dict = {}
-        invars, out = [], None
-        for node in self.gm.graph.nodes:
-            if node.op == "placeholder":
-                m = _meta(node)
-                v = Var(tuple(m.shape), m.dtype, True, name="x")
-                invars.append(v)
-                env[node] = v
-                dep.add(node)
-            elif node.op == "get_attr":
-                env[node] = self._attr(node)
-            elif node.op == "call_function":
-                if node in fused and fused[node] is None:
-                    dep.add(node)
-                    continue
-                if any(a in dep for a in node.all_input_nodes) or node in fused:
-                    dep.add(node)
-                    vm = _vecmat(node)
-                    if vm is not None:  # the unsqueeze, mm and squeeze become one equation x @ B (at the squeeze)
-                        fused[vm[0]], fused[vm[1]] = None, node
-                        continue
-                    self._where = _user_line(node)
-                    env[node] = self._equation(node, env, fused)
-                else:
-                    env[node] = self._const_node(node, env)
-            elif node.op == "output":
-                out = node.args[0]
-                if isinstance(out, tuple | list):
-                    if len(out) != 1:
-                        raise BackendError(f"f must return one tensor, got a {type(out).__name__} of {len(out)} values")
-                    out = out[0]
-            else:
-                raise UnsupportedPrimitiveError(str(node.target), NAME, _user_line(node))
-        res = env[out]
-        outvar = res if isinstance(res, Var) else self.const_var(res)
-        return Program(invars, [outvar], self.eqns, self.consts)
-
-    def _attr(self, node) -> Cst:
-        obj = getattr(self.gm, node.target)
-        name = node.target
-        if not hasattr(self.root, name):
-            if isinstance(obj, torch.nn.Parameter):
-                self.root.register_parameter(name, obj)
-            elif isinstance(obj, torch.Tensor):
-                self.root.register_buffer(name, obj)
-            else:
-                setattr(self.root, name, obj)
-        m = _meta(node)
-        return Cst(self.E.graph.get_attr(name), tuple(getattr(m, "shape", ())), getattr(m, "dtype", None))
-
-    def _const_node(self, node, env):
-        """A node that does not depend on ``x``: copied into the emitted graph (point layout)."""
-        _refuse_random(node.target, _user_line(node))
-        if node.target is operator.getitem and isinstance(env[node.args[0]], list):
-            return env[node.args[0]][node.args[1]]
-        unwrap = lambda a: a.node if isinstance(a, Cst) else a  # noqa: E731
-        args = pytree.tree_map(
-            unwrap, fx.node.map_arg(node.args, lambda n: env[n]), is_leaf=lambda a: isinstance(a, Cst)
-        )
-        kwargs = pytree.tree_map(
-            unwrap, fx.node.map_arg(node.kwargs, lambda n: env[n]), is_leaf=lambda a: isinstance(a, Cst)
-        )
-        new = self.E.graph.call_function(node.target, tuple(args), dict(kwargs))
-        m = _meta(node)
-        if isinstance(m, tuple | list):
-            return [Cst(self.E.graph.call_function(operator.getitem, (new, i)), tuple(getattr(o, "shape", ())),
-                        getattr(o, "dtype", None)) for i, o in enumerate(m)]  # fmt: skip
-        return Cst(new, tuple(m.shape) if _is_tensor(m) else (), getattr(m, "dtype", None))
-
-    def _equation(self, node, env, fused):
-        target = node.target
-        if target is operator.getitem:
-            return env[node.args[0]][node.args[1]]
-        if target is _CHECK:
-            return None
-        _refuse_random(target, self._where)
-        if node in fused:  # the squeeze of a fused x @ B
-            mm = node.args[0]
-            x, B = env[mm.args[0].args[0]], env[mm.args[1]]
-            ins = [x, B if isinstance(B, Var) else self.const_var(B)]
-            m = _meta(node)
-            outs = [Var(tuple(m.shape), m.dtype, _inexact(m.dtype))]
-            self.eqn("mm", vecmat_rule(outs[0].shape), ins, outs)
-            return outs[0]
-        ins: list[Var] = []
-
-        def leaf(a):
-            if isinstance(a, fx.Node):
-                v = env[a]
-                cst = v if isinstance(v, Cst) else None
-                if cst is not None:
-                    v = self.const_var(cst)
-                ins.append(v)
-                return In(len(ins) - 1, v, cst)
-            return a
-
-        args = pytree.tree_map(leaf, node.args)
-        kwargs = pytree.tree_map(leaf, dict(node.kwargs))
-        m = _meta(node)
-        multi = isinstance(m, tuple | list)
-        metas = list(m) if multi else [m]
-        if any(_is_tensor(o) and not all(isinstance(s, int) for s in o.shape) for o in metas):
-            raise BackendError(
-                "the torch backend captures f once for all points, but f has a value-dependent shape such as "
-                f"x[x > 0] ({node_name(target)} at {self._where}). Use torch.where / masks instead, or use "
-                "backend='numpy' for per-point evaluation."
-            )
-        outs_all = [Var(tuple(o.shape), o.dtype, _inexact(o.dtype)) if _is_tensor(o) else None for o in metas]
-        outs = [v for v in outs_all if v is not None]
-        for u in node.users:
-            if u.target is operator.getitem and any(w.target is not _CHECK for w in u.users):
-                self._used.add(outs_all[u.args[1]])
-        name = node_name(target)
-        info = NodeInfo(target, key_of(target), args, kwargs, ins, outs, self._where, self)
-        builder = lookup(target)
-        impl = None
-        if builder is not None:
-            try:
-                impl = builder(info)
-            except UnsupportedPrimitiveError:
-                raise
-            except Exception as e:
-                raise UnsupportedPrimitiveError(
-                    node_name(target), NAME, self._where,
-                    hint=f"its Taylor rule failed while building ({type(e).__name__}: {e}); please report this.",
-                ) from e  # fmt: skip
-        if impl is not COMPOSED:
-            if impl is None:
-                impl = self._generic(info, name)
-            self.eqn(name, impl, ins, outs)
-        return outs_all if multi else outs_all[0]
-
-    def _generic(self, info, name):
-        if info.name.startswith("prims."):  # prims ops carry no derivative formula: jvp would give zeros silently
-            raise UnsupportedPrimitiveError(
-                info.name,
-                NAME,
-                self._where,
-                hint="torch's prims operations have no derivative formula, so no generic rule can differentiate "
-                "them; use the corresponding torch.* / aten operation, or register a rule with "
-                f"multijet.backends.torch.register_rule(torch.ops.{info.name}, builder).",
-            )
-        if any(v.inexact for v in info.outs):
-            hint = f"register a rule with multijet.backends.torch.register_rule(torch.ops.{name}, builder)"
-            engine.config.generic_fallback(name, NAME, self._where, hint)
-        return make_generic(info, name)
-
-
-def _inexact(dtype) -> bool:
-    return dtype is not None and (dtype.is_floating_point or dtype.is_complex)
-
-
-def to_program(gm: fx.GraphModule, E: Emitter, root: torch.nn.Module) -> Program:
-    """The captured graph as an engine program; its constants are emitted into ``E``'s graph."""
-    return _Capture(gm, E, root).program()

@@ -4,7 +4,8 @@ A builder takes the captured node (:class:`NodeInfo`: its tensor operands as :cl
 node's arguments, its output variables) and returns a record of :mod:`multijet.engine.kinds` whose callables
 emit torch ops on :class:`~multijet.backends.torch_emit.Co` handles in the layout ``(N|1, R|1, *point)``;
 ``None`` sends the op to the generic rule. Composite ops (addmm, var, softplus, clamp, sort, …) add several
-equations themselves through ``NodeInfo.cap`` (:mod:`.torch_table_composite`) and return :data:`COMPOSED`.
+equations themselves through ``NodeInfo.cap`` (:mod:`.torch_table_composite`) and return :data:`COMPOSED`;
+linear algebra (inv, solve, det, slogdet, Cholesky) is in :mod:`.torch_table_linalg`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..extend import on_register
 from .torch_emit import Co
 from .torch_node import COMPOSED, In, NodeInfo, bcast, op_name
 from .torch_table_composite import COMPOSITE
+from .torch_table_linalg import LINALG
 from .torch_table_linear import LINEAR
 
 aten = torch.ops.aten
@@ -210,6 +212,7 @@ for _n in ("amax", "amin", "max.default", "min.default"):
     TABLE[_n] = _reduce_select
 TABLE.update(LINEAR)
 TABLE.update(COMPOSITE)
+TABLE.update(LINALG)
 
 
 def decompositions():
