@@ -95,6 +95,15 @@ class Plan:
         """The operator this plan computes, ``{α: Σ_r w_r K!/α! v_r^α}`` (for checks and tests; small D)."""
         out: dict[Alpha, float] = defaultdict(float)
         for g in self.groups:
+            if g.unit_axes is not None:  # v_r = e_i: only α = K e_i, with K!/α! v^α = 1
+                for i, w in zip(g.unit_axes, g.weights, strict=True):
+                    out[tuple(g.order * (k == i) for k in range(self.dim))] += float(w)
+                continue
+            if math.comb(self.dim + g.order - 1, g.order) * g.size > 50_000_000:
+                raise PlanError(
+                    f"Plan.coefficients enumerates all {math.comb(self.dim + g.order - 1, g.order)} multi-indices "
+                    f"of order {g.order} in D={self.dim}; it is meant for checks at small D"
+                )
             V = g.directions
             for alpha in multi_indices(self.dim, g.order):
                 out[alpha] += float(np.dot(g.weights, _moment(V, alpha)))

@@ -11,6 +11,7 @@ import numpy as np
 from . import dirsets
 from .errors import PlanError
 from .plan_group import JetGroup, multi_indices
+from .plan_order2 import order2_groups, sample
 from .spec import Bilaplacian, Composed, Laplacian, LinearOperator, Operator, WeightedLaplacian
 
 __all__ = [
@@ -157,7 +158,7 @@ def direction_groups(parts, dim: int, samples, distribution, rng) -> tuple[tuple
         elif K == 1:
             groups.extend(_order1(atoms, dim))
         elif K == 2:
-            groups.extend(_order2(atoms, dim, samples, distribution or "rademacher", rng))
+            groups.extend(order2_groups(atoms, dim, samples, distribution or "rademacher", rng))
         else:
             groups.extend(_higher(K, atoms, dim, samples, distribution, rng))
     if not groups:
@@ -175,82 +176,11 @@ def _order1(atoms, dim) -> list[JetGroup]:
     return [JetGroup(1, b[None, :], np.ones(1), "first order b·∇f")]
 
 
-def _matrix(atoms, dim) -> np.ndarray:
-    """Σ c_i C_i, with ``C_ii = c_{2e_i}``, ``C_ij = c_{e_i+e_j} / 2``."""
-    C = np.zeros((dim, dim))
-    for c, atom in atoms:
-        if isinstance(atom, Laplacian):
-            C[np.diag_indices(dim)] += c
-        elif isinstance(atom, WeightedLaplacian):
-            C += c * atom.matrix
-        else:
-            for alpha, v in atom.coefficients(dim).items():
-                i, j = [i for i, k in enumerate(alpha) for _ in range(k)]
-                C[i, j] += c * v / (1 if i == j else 2)
-                if i != j:
-                    C[j, i] += c * v / 2
-    return C
-
-
-def _order2(atoms, dim, samples, distribution, rng) -> list[JetGroup]:
-    only_laplacians = all(isinstance(a, Laplacian) for _, a in atoms)
-    single_factor = len(atoms) == 1 and isinstance(atoms[0][1], WeightedLaplacian) and atoms[0][1].factor is not None
-    if samples is None:
-        if only_laplacians:
-            c = sum(c for c, _ in atoms)
-            return [JetGroup(2, None, np.full(dim, c), "Laplacian", tuple(range(dim)), dim=dim)] if c else []
-        if single_factor and atoms[0][0] > 0:
-            c, atom = atoms[0]
-            keep = np.any(atom.factor != 0.0, axis=0)
-            if not keep.any():
-                return []
-            return [JetGroup(2, atom.factor[:, keep].T.copy(), np.full(int(keep.sum()), c), "columns of the factor σ")]
-        C = _matrix(atoms, dim)
-        diag = np.diag(C)
-        if np.count_nonzero(C - np.diag(diag)) == 0:
-            axes = tuple(int(i) for i in np.flatnonzero(diag))
-            return [JetGroup(2, None, diag[list(axes)].copy(), "diagonal C", axes, dim=dim)] if axes else []
-        lam, Q = np.linalg.eigh(C)
-        keep = np.abs(lam) > 1e-12 * float(np.max(np.abs(lam)))  # relative: a tiny C is not a zero C
-        if not keep.any():
-            return []
-        return [JetGroup(2, Q[:, keep].T.copy(), lam[keep].copy(), "eigenvectors of C (rank-revealing)")]
-    # randomised: v = σ u with E[u uᵀ] = I, so E[f_2(v)] = tr(σσᵀ ∇²f); an indefinite C splits into ± parts.
-    if only_laplacians:  # σ = I: v = u, no identity is formed
-        u = _sample(rng, distribution, samples, dim)
-        return [JetGroup(2, u, np.full(samples, sum(c for c, _ in atoms) / samples), "randomised Laplacian")]
-    if single_factor and atoms[0][0] > 0:
-        factors = [(atoms[0][0], atoms[0][1].factor, "σ u")]
-    else:
-        lam, Q = np.linalg.eigh(_matrix(atoms, dim))
-        tol = 1e-12 * float(np.max(np.abs(lam)))
-        factors = []
-        pos, neg = lam > tol, lam < -tol
-        if pos.any():
-            factors.append((1.0, Q[:, pos] * np.sqrt(lam[pos]), "σ₊ u, C₊ = σ₊σ₊ᵀ"))
-        if neg.any():
-            factors.append((-1.0, Q[:, neg] * np.sqrt(-lam[neg]), "σ₋ u, C₋ = σ₋σ₋ᵀ"))
-    dirs, weights, labels = [], [], []
-    for c, sigma, label in factors:
-        dirs.append(_sample(rng, distribution, samples, sigma.shape[1]) @ sigma.T)
-        weights.append(np.full(samples, c / samples))
-        labels.append(label)
-    if not dirs:
-        return []
-    return [JetGroup(2, np.concatenate(dirs), np.concatenate(weights), "randomised " + " and ".join(labels))]
-
-
-def _sample(rng, distribution: str, samples: int, dim: int) -> np.ndarray:
-    if distribution == "rademacher":
-        return rng.choice(np.array([-1.0, 1.0]), size=(samples, dim))
-    return rng.standard_normal((samples, dim))
-
-
 def _higher(K, atoms, dim, samples, distribution, rng) -> list[JetGroup]:
     if samples is not None:
         _check_random_higher(K, atoms, distribution)
         c = sum(c for c, _ in atoms)
-        u = _sample(rng, "gaussian", samples, dim)
+        u = sample(rng, "gaussian", samples, dim)
         return [JetGroup(4, u, np.full(samples, c / (3 * samples)), "randomised Gaussian, E[f_4(v)] = 3Δ²f")]
     R = sum(_estimate_atom(K, a, dim) for _, a in atoms)
     if R * dim > MAX_ENTRIES:

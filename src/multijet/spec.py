@@ -194,8 +194,7 @@ class WeightedLaplacian(Operator):
             raise TypeError("WeightedLaplacian needs exactly one of `coefficients` (C) or `factor` (σ, C = σσᵀ)")
         if factor is not None:
             self.factor: np.ndarray | None = as_matrix(factor, "factor σ")
-            self.matrix = self.factor @ self.factor.T
-            self.matrix.setflags(write=False)
+            self._matrix: np.ndarray | None = None  # σσᵀ is D×D: formed only when asked (small D)
         else:
             C = as_matrix(coefficients, "coefficient matrix C")
             if C.shape[0] != C.shape[1]:
@@ -208,8 +207,16 @@ class WeightedLaplacian(Operator):
                     "tr(C ∇²f) only sees the symmetric part; pass (C + C.T) / 2 if that is what you mean."
                 )
             self.factor = None
-            self.matrix = C
-        self.dim = self.matrix.shape[0]
+            self._matrix = C
+        self.dim = (self.factor if self.factor is not None else self._matrix).shape[0]
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """``C`` (for ``factor=σ``: ``σσᵀ``, built on first use; the planner never needs it at large D)."""
+        if self._matrix is None:
+            self._matrix = self.factor @ self.factor.T
+            self._matrix.setflags(write=False)
+        return self._matrix
 
     def check_dim(self, dim: int) -> None:
         if self.dim != dim:
@@ -230,6 +237,8 @@ class WeightedLaplacian(Operator):
     def symbol(self, y: np.ndarray) -> np.ndarray:
         y = np.atleast_2d(y)
         self.check_dim(y.shape[1])
+        if self.factor is not None:
+            return np.sum((y @ self.factor) ** 2, axis=1)
         return np.einsum("mi,ij,mj->m", y, self.matrix, y)
 
     def _key(self) -> tuple:
