@@ -8,6 +8,7 @@ undoes it. No framework is imported here.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -106,8 +107,20 @@ def on_register(backend: str, hook: Hook) -> None:
         raise ValueError(f"unknown backend {backend!r}")
     _HOOKS[backend] = hook
     for name, natives in _ELEMENTWISE.items():
-        if natives.get(backend) is not None:
-            _ACTIVE[name]._hook(backend, natives[backend])
+        if natives.get(backend) is None:
+            continue
+        native = natives[backend]
+        try:
+            _ACTIVE[name]._hook(backend, native)
+        except Exception as e:  # a bad native given before the backend loaded must not break loading it
+            natives[backend] = None  # ``registered()`` no longer lists this backend for ``name``
+            warnings.warn(
+                f"multijet: the elementwise function {name!r} was registered with {backend}={native!r} "
+                f"before the {backend} backend loaded, and that registration failed now ({type(e).__name__}: {e}); "
+                f"{name!r} stays unregistered on {backend} (call register_elementwise({name!r}, …) again to fix it)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
 def registered() -> dict[str, tuple[str, ...]]:

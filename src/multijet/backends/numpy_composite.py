@@ -181,8 +181,9 @@ class Linalg:
         return record1("det", T.linalg("det"), x) if is_tracer(x) else np.linalg.det(x)
 
     def cholesky(self, x, upper=False):
-        if not is_tracer(x):
-            return np.linalg.cholesky(x, upper=upper)
+        if not is_tracer(x):  # ``upper=`` of np.linalg.cholesky needs NumPy ≥ 2: the conjugate transpose instead
+            factor = np.linalg.cholesky(x)
+            return np.conj(np.swapaxes(factor, -1, -2)) if upper else factor
         factor = record1("cholesky", T.linalg("cholesky"), x)
         return Tracer.ns.matrix_transpose(factor) if upper else factor
 
