@@ -17,6 +17,8 @@ from collections.abc import Callable
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch.overrides import TorchFunctionMode
 
 from .. import engine
 from ..engine.outputs import stack_outputs
@@ -160,9 +162,12 @@ def capture(f: Callable, x_point: torch.Tensor, purpose: str = "jet") -> fx.Grap
     from torch.fx.experimental.proxy_tensor import make_fx
 
     if enclosed(x_point):
+        stand_ins = _StandIns()
         with outside_trace():
             point = torch.zeros(tuple(x_point.shape), dtype=x_point.dtype, device=x_point.device)
-            return capture(f, point, purpose)
+            with stand_ins:
+                gm = capture(f, point, purpose)
+        return stand_ins.restore(gm)
     if _DECOMP is None:
         _DECOMP = decompositions()
     check_param_dtypes(f, x_point.dtype)
@@ -189,3 +194,57 @@ def capture(f: Callable, x_point: torch.Tensor, purpose: str = "jet") -> fx.Grap
         _stack().pop()
     gm.graph.eliminate_dead_code()
     return gm
+
+
+class _StandIns(TorchFunctionMode):
+    """While capturing outside an enclosing ``torch.func`` transform: a tensor of that transform which ``f``
+    closes over (``functional_call(net, params, (x,))`` under ``torch.func.grad`` over ``params``) cannot be
+    touched with the transform's interpreter stack cleared, so the capture sees a plain stand-in holding its
+    value; :meth:`restore` puts the transform's tensor back into the graph, whose ops the transform then sees.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.originals: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(stand-in) → (stand-in, original)
+        self._of: dict[int, torch.Tensor] = {}  # id(original) → stand-in
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        args, kwargs = pytree.tree_map(self._stand_in, (args, kwargs or {}))
+        return func(*args, **kwargs)
+
+    def _stand_in(self, a):
+        if not isinstance(a, torch.Tensor) or not _transform_wrapped(a):
+            return a
+        s = self._of.get(id(a))
+        if s is None:
+            leaf = a
+            while _transform_wrapped(leaf):
+                leaf = torch._C._functorch.get_unwrapped(leaf)
+            if _fake(leaf) or torch._is_functional_tensor(leaf):  # a transform inside f, on traced values
+                return a
+            with outside_trace():
+                same = tuple(leaf.shape) == tuple(a.shape)  # vmap over the tensor: its leaf has a batch axis
+                s = leaf.detach() if same else torch.zeros(tuple(a.shape), dtype=a.dtype, device=a.device)
+            self._of[id(a)] = s
+            self.originals[id(s)] = (s, a)
+        return s
+
+    def restore(self, gm: fx.GraphModule) -> fx.GraphModule:
+        for node in gm.graph.nodes:
+            if node.op == "get_attr":
+                hit = self.originals.get(id(getattr(gm, node.target, None)))
+                if hit is not None:
+                    setattr(gm, node.target, hit[1])
+        return gm
+
+
+def _fake(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(t)
+
+
+def _transform_wrapped(t: torch.Tensor) -> bool:
+    """Whether ``t`` is wrapped by a ``torch.func`` transform (``grad``, ``jvp``, ``vmap``…), not functionalisation."""
+    fn = torch._C._functorch
+    return fn.is_functorch_wrapped_tensor(t) and not fn.is_functionaltensor(t)
