@@ -21,7 +21,7 @@ import torch.utils._pytree as pytree
 
 from ..engine.program import Var
 
-__all__ = ["Co", "Cst", "Emitter", "Layout", "XP", "broadcast_call"]
+__all__ = ["Co", "Cst", "Emitter", "Layout", "SharedGraph", "XP", "broadcast_call"]
 
 
 @dataclass(eq=False)
@@ -163,11 +163,61 @@ for _name, _fn in [("greater", torch.gt), ("less", torch.lt), ("equal", torch.eq
 XP = _XP()
 
 
+class SharedGraph:
+    """An ``fx.Graph`` whose ``call_function`` returns the existing node for a call it has already emitted
+    (same function, same arguments) unless the function mutates its input: what does not depend on the
+    directions (the primal pass, the derivative tables' coefficients, a first layer's ``contiguous(Wᵀ)``) is
+    emitted once, not once per direction block or jet group. Everything else is the wrapped graph's."""
+
+    def __init__(self, graph: fx.Graph):
+        self._graph = graph
+        self._emitted: dict = {}
+
+    def __getattr__(self, name):
+        return getattr(self._graph, name)
+
+    def call_function(self, target, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        key = _call_key(target, args, kwargs)
+        node = self._emitted.get(key) if key is not None else None
+        if node is None:
+            node = self._graph.call_function(target, args, kwargs)
+            if key is not None:
+                self._emitted[key] = node
+        return node
+
+
+def _call_key(target, args, kwargs):
+    """A hashable key of a call, or None when it may not be shared (an in-place op, an unhashable argument)."""
+    if _mutates(target):
+        return None
+    leaves, spec = pytree.tree_flatten((args, kwargs))
+    key = (target, str(spec), tuple((type(a), repr(a) if isinstance(a, float) else a) for a in leaves))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+_IN_PLACE = {operator.setitem, operator.delitem, operator.iadd, operator.isub, operator.imul, operator.itruediv}
+
+
+def _mutates(target) -> bool:
+    if target in _IN_PLACE:
+        return True
+    schema = getattr(target, "_schema", None)
+    if schema is not None:
+        return schema.is_mutable
+    name = getattr(target, "__name__", "")
+    return name.endswith("_") and not name.endswith("__")
+
+
 class Emitter:
     """The graph being built and what every coefficient handle shares: the batch size and device nodes."""
 
     def __init__(self, graph: fx.Graph, N, device_node):
-        self.graph, self.N, self.device = graph, N, device_node
+        self.graph, self.N, self.device = SharedGraph(graph), N, device_node
         self.max_point_elems = 1
         self._lifted: dict[int, Co] = {}
 
