@@ -162,18 +162,16 @@ def capture(f: Callable, x_point: torch.Tensor, purpose: str = "jet") -> fx.Grap
     from torch.fx.experimental.proxy_tensor import make_fx
 
     if enclosed(x_point):
-        stand_ins = _StandIns()
         with outside_trace():
             point = torch.zeros(tuple(x_point.shape), dtype=x_point.dtype, device=x_point.device)
-            with stand_ins:
-                gm = capture(f, point, purpose)
-        return stand_ins.restore(gm)
+            return capture(f, point, purpose)
     if _DECOMP is None:
         _DECOMP = decompositions()
     check_param_dtypes(f, x_point.dtype)
     _stack().append(purpose)
+    stand_ins = _StandIns()
     try:
-        with _user_frames_recorded():
+        with _user_frames_recorded(), stand_ins:
             gm = make_fx(
                 torch.func.functionalize(one_output(f), remove="mutations"),
                 decomposition_table=_DECOMP,
@@ -193,14 +191,15 @@ def capture(f: Callable, x_point: torch.Tensor, purpose: str = "jet") -> fx.Grap
     finally:
         _stack().pop()
     gm.graph.eliminate_dead_code()
-    return gm
+    return stand_ins.restore(gm)
 
 
 class _StandIns(TorchFunctionMode):
-    """While capturing outside an enclosing ``torch.func`` transform: a tensor of that transform which ``f``
+    """While capturing (outside any enclosing ``torch.func`` transform): a tensor of such a transform which ``f``
     closes over (``functional_call(net, params, (x,))`` under ``torch.func.grad`` over ``params``) cannot be
     touched with the transform's interpreter stack cleared, so the capture sees a plain stand-in holding its
-    value; :meth:`restore` puts the transform's tensor back into the graph, whose ops the transform then sees.
+    value; :meth:`restore` puts the transform's tensor back into the graph, whose ops the transform then sees
+    when the program runs inside it.
     """
 
     def __init__(self):
