@@ -17,7 +17,8 @@ Every measurement runs in a fresh subprocess pinned to one CPU (``taskset``) wit
 child (builds every method, checks that all agree with jax.hessian∘jax.hessian, times them interleaved) and,
 for the torch D's, a multijet torch child and a paper-package child (same weights and inputs from one .npz,
 order alternating between rounds). The build time is ``mj.compile`` (or folx's/the paper's construction) plus
-the first call, one per child and so one per round. Ratios are per round (each round's two times come from
+the first call, one per child and so one per round, after a discarded warm-up build on a tiny network in the
+same process (the frameworks' one-off first-trace costs). Ratios are per round (each round's two times come from
 processes run back to back); the summary gives their median and [min, max] over rounds.
 
 - JAX: ``mj.compile(mj.Bilaplacian(), f, X, backend="jax", route=...)`` for ``"directions"``, ``"composition"``
@@ -87,6 +88,11 @@ def child_jax(a: dict) -> dict:
     def f(x):
         return f1(x)[0]
 
+    # one-off warm-up (JAX's first trace/compile in a process, multijet's and folx's imports), discarded
+    g = make_program("jax", 2, (4,), "float64", seed=9)
+    x2 = make_input("jax", 2, 2, "float64")
+    jax.block_until_ready(mj.compile(mj.Bilaplacian(), lambda x: g(x)[0], x2, backend="jax")(x2))
+    jax.block_until_ready(jax.vmap(lambda x: folx.forward_laplacian(lambda y: g(y)[0])(x).laplacian)(x2))
     builds, fns, vals, routes = {}, {}, {}, {}
 
     def build(name, make):
@@ -141,10 +147,15 @@ def _torch_layers(D: int):
 
 
 def _torch_child(a: dict, makers: dict) -> dict:
-    """Build (construction + first call), then time interleaved under ``torch.no_grad()``."""
+    """Build (construction + first call), then time interleaved under ``torch.no_grad()``. The first maker is
+    first run on a tiny network (torch's one-off make_fx / fake-tensor warm-up), discarded."""
     import torch
 
     torch.set_num_threads(1)
+    tiny = torch.nn.Sequential(torch.nn.Linear(2, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1)).double()
+    x2 = torch.zeros(2, 2, dtype=torch.float64)
+    with torch.no_grad():
+        next(iter(makers.values()))(tiny, x2)[0](x2)
     net, X = _torch_layers(a["D"])
     builds, fns, vals, routes = {}, {}, {}, {}
     for name, make in makers.items():
