@@ -3,18 +3,21 @@
 ``Σ_r w_r f_K(v_r)`` is additive over subsets of directions, so a group may run as blocks of at most
 ``direction_chunk_size`` directions; points are independent, so ``chunk_size`` points may run per pass. The
 collapsed and standard executors split directions inside the engine (:func:`multijet.engine.group_specs`);
-nested AD, which runs every group by itself, takes the plan split by :func:`split_directions`.
+nested AD, which runs every group by itself, takes the plan split by :func:`split_directions`. Every backend
+splits points with :func:`by_points`, passing its own concatenation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from .plan import JetGroup, Plan
 
-__all__ = ["check_chunks", "split_directions"]
+__all__ = ["check_chunks", "split_directions", "by_points"]
 
 
 def check_chunks(chunk_size, direction_chunk_size) -> dict[str, int | None]:
@@ -44,3 +47,13 @@ def split_directions(plan: Plan, chunk: int | None) -> Plan:
             else:
                 groups.append(JetGroup(g.order, g.directions[lo:hi], g.weights[lo:hi], g.label))
     return dataclasses.replace(plan, groups=tuple(groups))
+
+
+def by_points(fn: Callable[[Any], tuple], X, chunk: int | None, concat: Callable[[list], Any]) -> tuple:
+    """``fn(X)`` over chunks of at most ``chunk`` points (``X``'s leading axis; None: all at once), each entry of
+    the result tuples joined by ``concat`` (a list of arrays → one array; ``None`` entries stay ``None``)."""
+    n = X.shape[0]
+    if chunk is None or n <= chunk:
+        return fn(X)
+    parts = [fn(X[i : i + chunk]) for i in range(0, n, chunk)]
+    return tuple(None if p[0] is None else concat(list(p)) for p in zip(*parts, strict=True))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import weakref
 from collections.abc import Callable
 from functools import partial
 
@@ -25,7 +26,7 @@ from ..engine.outputs import stack_outputs
 from ..engine.program import Equation, Program, Var
 from ..plan import Plan
 from .jax_linalg import LINALG_CALLS  # noqa: F401  (registers the linear-algebra rules)
-from .jax_nested import nested_point
+from .jax_nested import nested_point, unit_rows
 from .jax_table import KINDS, RULES, bind_fn, map_lead, register_rule
 
 __all__ = ["NAME", "run", "compile", "seed_from", "register_rule", "RULES", "KINDS", "set_strict", "capture"]
@@ -158,7 +159,7 @@ class Layout:
         return jnp.eye(var.shape[0], dtype=var.dtype)
 
     def unit_rows(self, var: Var, seed):
-        return (seed.rows[:, None] == jnp.arange(var.shape[0])[None, :]).astype(var.dtype)
+        return unit_rows(seed.rows, var.shape[0], var.dtype)
 
     def take(self, c, seed):
         return jnp.take(c, seed.rows, axis=0, mode="fill", fill_value=0)  # rows ≥ D: a padded block
@@ -196,30 +197,31 @@ def _context(spec: engine.GroupSpec, w) -> engine.Context:
 
 
 def _block_loop(block, spec: engine.GroupSpec):
-    """The direction blocks under ``lax.map`` (one block live at a time): the first value, the summed total,
-    the gradient's blocks joined (the padding past ``spec.size`` dropped)."""
-    vs, ts, gs = lax.map(block, jnp.arange(spec.blocks))
-    value = None if vs is None else vs[0]
-    total = None if ts is None else jnp.sum(ts, axis=0)
+    """The direction blocks under ``lax.scan`` (one block live at a time): the value (the same for every
+    block, carried, not stacked), the total summed as the blocks run, the gradient's blocks joined (the
+    padding past ``spec.size`` dropped)."""
+    v0, t0, _ = jax.eval_shape(block, jnp.int32(0))
+    zeros = partial(jax.tree_util.tree_map, lambda a: jnp.zeros(a.shape, a.dtype))
+
+    def step(carry, b):
+        v, t, g = block(b)
+        return (v, None if t is None else carry[1] + t), g
+
+    (value, total), gs = lax.scan(step, (zeros(v0), zeros(t0)), jnp.arange(spec.blocks))
     grad = None if gs is None else jnp.reshape(gs, (-1,) + gs.shape[2:])[: spec.size]
     return value, total, grad
 
 
-def _jet_point(jaxpr, specs, return_grad, consts, x, arrays):
-    program = _Capture().program(jaxpr, consts)
+def _jet_point(source, specs, return_grad, consts, x, arrays):
+    """One point's jet; ``source`` is the captured :class:`Program` (``compile``: built once, its schedules
+    are the ones ``.schedule`` prints) or the jaxpr, converted here with the traced ``consts`` (eager runs)."""
+    program = source if isinstance(source, Program) else _Capture().program(source, consts)
     (out_var,) = program.outvars
 
     def inputs(i, spec, b=None):
-        lead = (spec.blocks, spec.R) if spec.blocks > 1 else (spec.R,)
-        V, w = arrays[i] if i < len(arrays) else (None, jnp.ones(lead, x.dtype))
-        if b is not None:  # block b of the group's directions (unit ones symbolic, never the D×D identity)
-            w = w[b]
-            if spec.identity:
-                V = engine.Identity(spec.R, b * spec.R + jnp.arange(spec.R))
-            elif V is not None:
-                V = V[b]
-        if spec.unit:  # unit directions on some axes: V holds the axes
-            V = engine.Identity(spec.R, V)
+        rows, V, w = arrays[i] if b is None else (None if a is None else a[b] for a in arrays[i])
+        if rows is not None:  # unit directions (a block of the identity, or some axes): by index, never R×D
+            V = engine.Identity(spec.R, rows)
         return _context(spec, w), x, V
 
     value, total, grad = engine.evaluate(program, specs, return_grad, inputs, _block_loop)
@@ -232,10 +234,16 @@ def _jet_point(jaxpr, specs, return_grad, consts, x, arrays):
     return value, total, jnp.moveaxis(grad, 0, -1)
 
 
-def _evaluate(jaxpr, specs, method, return_grad, chunk, consts, X, arrays):
-    """Per point under ``vmap``; ``chunk`` points per pass under ``lax.map`` (the last chunk padded with
-    copies of the last point, dropped afterwards)."""
-    point = partial(nested_point if method == "nested" else _jet_point, jaxpr, specs, return_grad)
+def _point(jaxpr, specs, method: str, return_grad: bool, program: Program | None = None) -> Callable:
+    """``(consts, x, arrays) -> (value, result, grad)`` at one point: nested AD, or the engine's jet."""
+    if method == "nested":
+        return partial(nested_point, jaxpr, specs, return_grad)
+    return partial(_jet_point, jaxpr if program is None else program, specs, return_grad)
+
+
+def _evaluate(point, chunk, consts, X, arrays):
+    """``point`` per point under ``vmap``; ``chunk`` points per pass under ``lax.map`` (the last chunk padded
+    with copies of the last point, dropped afterwards)."""
     if X.ndim == 1:
         return point(consts, X, arrays)
     batch = jax.vmap(point, in_axes=(None, 0, None))
@@ -258,7 +266,7 @@ def _runner(jaxpr, specs, method, return_grad, chunk=None) -> Callable:
     key = (str(jaxpr), specs, method, return_grad, chunk, engine.is_strict(), frozenset(RULES.items()))
     fn = _RUNNERS.get(key)
     if fn is None:
-        fn = jax.jit(partial(_evaluate, jaxpr, specs, method, return_grad, chunk))
+        fn = jax.jit(partial(_evaluate, _point(jaxpr, specs, method, return_grad), chunk))
         _RUNNERS[key] = fn
         if len(_RUNNERS) > _MAX_RUNNERS:
             _RUNNERS.popitem(last=False)
@@ -267,34 +275,37 @@ def _runner(jaxpr, specs, method, return_grad, chunk=None) -> Callable:
     return fn
 
 
+#: per plan (weakly: a plan is frozen, its directions fixed): ``(method, return_grad, dtype, dchunk) ->``
+#: :func:`_build_specs_arrays`'s result, so repeated eager calls on one plan do not rebuild and re-upload them
+_SPECS_ARRAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _specs_arrays(plan: Plan, method: str, return_grad: bool, dtype, dchunk: int | None = None):
-    """The static group specs and each group's ``(V, w)``: ``V`` None for unit directions in order (the
-    identity seed) and for served groups (whose ``w`` is the read-off ``a``); blocked ``(blocks, R, …)``
-    with zero-direction padding when ``dchunk`` splits the group."""
+    key = (method, bool(return_grad), np.dtype(dtype), dchunk, jax.config.jax_enable_x64)
+    per_plan = _SPECS_ARRAYS.setdefault(plan, {})
+    if key not in per_plan:
+        with jax.ensure_compile_time_eval():  # concrete arrays even inside an enclosing jit (never a cached tracer)
+            per_plan[key] = _build_specs_arrays(plan, method, return_grad, dtype, dchunk)
+    return per_plan[key]
+
+
+def _build_specs_arrays(plan: Plan, method: str, return_grad: bool, dtype, dchunk: int | None = None):
+    """The static group specs and each group's ``(rows, V, w)`` (:func:`multijet.engine.block_inputs`): unit
+    directions by their axes ``rows``, dense directions ``V``, weights ``w`` (a served group's read-off ``a``);
+    blocked ``(blocks, R, …)`` with padding (weight zero) when ``dchunk`` splits the group."""
     specs = engine.group_specs(plan, method, return_grad, dchunk)
     arrays = []
-    for i, (g, spec) in enumerate(zip(plan.groups, specs, strict=False)):
-        w = engine.group_weights(plan, i, spec)
-        V = None
-        if spec.unit:  # the axes (Identity rows)
-            V = np.asarray(g.unit_axes)
-        elif not (spec.identity or spec.served or spec.order == 0):
-            V = g.directions if g.unit_axes is None else _one_hot(g.unit_axes, plan.dim)  # nested: dense rows
-        if spec.blocks > 1:
-            pad = spec.blocks * spec.R - spec.size
-            w = np.pad(w, (0, pad)).reshape(spec.blocks, spec.R)
-            if spec.unit:  # padded with the out-of-range axis D: zero rows
-                V = np.pad(V, (0, pad), constant_values=plan.dim).reshape(spec.blocks, spec.R)
-            elif V is not None:
-                V = np.pad(V, ((0, pad), (0, 0))).reshape(spec.blocks, spec.R, -1)
-        arrays.append((None if V is None else jnp.asarray(V, np.int32 if spec.unit else dtype), jnp.asarray(w, dtype)))
+    for i, spec in enumerate(specs):
+        blocks = [engine.block_inputs(plan, i, spec, b, pad=True) for b in range(spec.blocks)]
+
+        def stack(field, dt, blocks=blocks, spec=spec):
+            parts = [getattr(blk, field) for blk in blocks]
+            if parts[0] is None:
+                return None
+            return jnp.asarray(parts[0] if spec.blocks == 1 else np.stack(parts), dt)
+
+        arrays.append((stack("rows", np.int32), stack("directions", dtype), stack("weights", dtype)))
     return specs, tuple(arrays)
-
-
-def _one_hot(axes, dim: int) -> np.ndarray:
-    V = np.zeros((len(axes), dim))
-    V[np.arange(len(axes)), list(axes)] = 1.0
-    return V
 
 
 def _as_array(x):
@@ -340,22 +351,18 @@ def compile(
     closed = capture(f, x_example)
     jaxpr, consts = closed.jaxpr, list(closed.consts)
     specs, arrays = _specs_arrays(plan, method, return_grad, x_example.dtype, direction_chunk_size)
-    fn = jax.jit(lambda x: _evaluate(jaxpr, specs, method, return_grad, chunk_size, consts, x, arrays))
-    compiled = CompiledJax(fn, x_example)
-    if method != "nested":
-        compiled.program = _Capture().program(jaxpr, consts)
-        compiled.specs = specs
-    return compiled
+    program = None if method == "nested" else _Capture().program(jaxpr, consts)  # the one the jit trace runs
+    point = _point(jaxpr, specs, method, return_grad, program)
+    fn = jax.jit(lambda x: _evaluate(point, chunk_size, consts, x, arrays))
+    return CompiledJax(fn, x_example, program, specs)
 
 
 class CompiledJax:
     """``compile``'s callable: the jitted jet program; ``.code`` prints its jaxpr, ``.lower`` lowers it."""
 
-    program: Program | None = None
-    specs: tuple = ()
-
-    def __init__(self, fn, x_example):
+    def __init__(self, fn, x_example, program: Program | None = None, specs: tuple = ()):
         self._fn, self._x_example = fn, x_example
+        self.program, self.specs = program, specs
         self.lower = fn.lower
 
     def __call__(self, x):
@@ -371,8 +378,11 @@ class CompiledJax:
 
     @property
     def schedule(self) -> str:
-        """The engine's schedule of each jet group (structural zeros, directions, where Σ_r w_r forms)."""
-        return "\n".join(str(engine.schedule_for(self.program, s)) for s in self.specs)
+        """The engine's schedule of each propagated jet group (structural zeros, directions, where Σ_r w_r
+        forms), of the program and specs the jitted run uses."""
+        if self.program is None:
+            return "# method='nested' runs JAX's own nested AD of f; there is no jet program."
+        return engine.schedule_text(self.program, self.specs)
 
 
 def seed_from(key) -> int:

@@ -20,9 +20,10 @@ __all__ = ["nested_point", "unit_rows"]
 _log = logging.getLogger("multijet.backends.jax")
 
 
-def unit_rows(b, R: int, D: int, dtype):
-    """Rows ``e_{bR} … e_{bR+R−1}`` of the identity (zero rows past ``D``), ``b`` possibly traced."""
-    return ((b * R + jnp.arange(R))[:, None] == jnp.arange(D)[None, :]).astype(dtype)
+def unit_rows(rows, D: int, dtype):
+    """Rows ``e_a``, ``a ∈ rows`` of the identity (a zero row where ``a ≥ D``), ``rows`` possibly traced: the
+    JAX backend's only unit directions (its ``Layout.unit_rows`` and the nested AD here)."""
+    return (rows[:, None] == jnp.arange(D)[None, :]).astype(dtype)
 
 
 def _nested_group(fun, x, spec: engine.GroupSpec, V, w):
@@ -55,28 +56,34 @@ def _nested_group(fun, x, spec: engine.GroupSpec, V, w):
     return y, jnp.tensordot(w, q, axes=1), None
 
 
-def _nested_blocks(fun, x, spec: engine.GroupSpec, V, w):
+def _nested_blocks(fun, x, spec: engine.GroupSpec, rows, V, w):
     """``_nested_group`` over the direction blocks under ``lax.map``."""
     one = dataclasses.replace(spec, identity=False, blocks=1)
 
     def block(b):
-        Vb = unit_rows(b, spec.R, x.shape[0], x.dtype) if spec.identity else V[b]
-        return _nested_group(fun, x, one, Vb, w[b])[:2]
+        Vb = unit_rows(rows[b], x.shape[0], x.dtype) if rows is not None else V[b]
+        return _nested_group(fun, x, one, Vb, w[b])[1]
 
-    ys, ts = lax.map(block, jnp.arange(spec.blocks))
-    return ys[0], jnp.sum(ts, axis=0), None
+    return None, jnp.sum(lax.map(block, jnp.arange(spec.blocks)), axis=0), None
 
 
 def nested_point(jaxpr, specs, return_grad, consts, x, arrays):
     fun = partial(_apply_jaxpr, jaxpr, consts)
     value = total = grad = None
-    for spec, (V, w) in zip(specs, arrays, strict=False):
-        v, t, g = (_nested_blocks if spec.blocks > 1 else _nested_group)(fun, x, spec, V, w)
-        value = v
+    for spec, (rows, V, w) in zip(specs, arrays, strict=True):
+        if spec.gradient_only:  # nested AD takes the gradient from jacrev below
+            continue
+        if spec.blocks > 1:
+            v, t, g = _nested_blocks(fun, x, spec, rows, V, w)
+        else:
+            v, t, g = _nested_group(fun, x, spec, V if rows is None else unit_rows(rows, x.shape[0], x.dtype), w)
+        value = v if v is not None else value
         total = t if total is None else total + t
         grad = grad if grad is not None else g
     if not return_grad:
         return None, total, None
+    if value is None:
+        value = fun(x)
     if grad is None:
         try:
             grad = jax.jacrev(fun)(x)

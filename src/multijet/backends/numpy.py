@@ -26,11 +26,13 @@ tracer and the propagation runs on tracers: the jet program is recorded into the
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from .. import engine
+from ..chunking import by_points
 from ..engine.program import Var
 from ..plan import Plan
 from .numpy_namespace import EXTRA_RULES, NS
@@ -78,10 +80,7 @@ class Layout:
         return np.eye(var.shape[0], dtype=var.dtype)[None]
 
     def unit_rows(self, var: Var, seed):
-        rows = np.asarray(seed.rows)
-        V = np.zeros((1, seed.size) + var.shape, var.dtype)
-        V[0, np.arange(seed.size), rows] = 1.0
-        return V
+        return (np.asarray(seed.rows)[:, None] == np.arange(var.shape[0])).astype(var.dtype)[None]
 
     def take(self, c, seed):
         return c[:, np.asarray(seed.rows)]
@@ -128,18 +127,14 @@ def _evaluate(program, plan: Plan, method: str, return_grad: bool, x0, dtype, N:
     specs = engine.group_specs(plan, method, return_grad, dchunk)
 
     def inputs(i, spec, b=0):
-        lo = b * spec.R
-        R = min(spec.R, spec.size - lo)  # the last block may be partial
-        w = engine.group_weights(plan, i, spec)[lo : lo + R]
+        blk = engine.block_inputs(plan, i, spec, b)
         V = None
-        if spec.identity and spec.blocks > 1:  # a block of the identity
-            V = engine.Identity(R, np.arange(lo, lo + R))
-        elif spec.unit:  # unit directions on some axes
-            V = engine.Identity(R, np.asarray(plan.groups[i].unit_axes[lo : lo + R]))
-        elif spec.order and not spec.served and not spec.identity:
-            V = plan.groups[i].directions[lo : lo + R].astype(dtype)[None]
-        wsum = _wsum(w.astype(dtype), spec.ones)
-        ctx = engine.Context(spec.order, spec.collapsed, R, Layout(N, R), wsum, backend=NAME)
+        if blk.rows is not None:  # unit directions: rows of the identity, by index
+            V = engine.Identity(blk.R, blk.rows)
+        elif blk.directions is not None:
+            V = blk.directions.astype(dtype)[None]
+        wsum = _wsum(blk.weights.astype(dtype), spec.ones)
+        ctx = engine.Context(spec.order, spec.collapsed, blk.R, Layout(N, blk.R), wsum, backend=NAME)
         return ctx, x0, V
 
     return engine.evaluate(program, specs, return_grad, inputs, engine.python_loop(_join))
@@ -214,23 +209,17 @@ def run(
     batched = X.ndim == 2
     if not batched:
         X = X[None]
-    step = X.shape[0] if chunk_size is None else chunk_size
-    parts = [_run_points(plan, f, X[i : i + step], method, return_grad, direction_chunk_size)
-             for i in range(0, X.shape[0], step)]  # fmt: skip
-    value, total = (np.concatenate([r[j] for r in parts]) for j in (0, 1))
-    grad = np.concatenate([r[2] for r in parts]) if return_grad else None
+    fn = partial(_run_points, plan, f, method=method, return_grad=return_grad, dchunk=direction_chunk_size)
+    value, total, grad = by_points(fn, X, chunk_size, np.concatenate)
     if not batched:
         value, total = value[0], total[0]
         grad = grad[0] if grad is not None else None
     return value, total, grad
 
 
-def _run_points(plan: Plan, f: Callable, X: np.ndarray, method: str, return_grad: bool, dchunk):
+def _run_points(plan: Plan, f: Callable, X: np.ndarray, *, method: str, return_grad: bool, dchunk):
     """One chunk of points: as a batch, or point by point where ``f`` branches on values."""
     try:
         return _run_batch(plan, f, X, method, return_grad, dchunk)
     except PerPoint:
-        rows = [_run_batch(plan, f, X[i : i + 1], method, return_grad, dchunk) for i in range(X.shape[0])]
-        value, total = (np.concatenate([r[j] for r in rows]) for j in (0, 1))
-        grad = np.concatenate([r[2] for r in rows]) if return_grad else None
-        return value, total, grad
+        return by_points(lambda Xi: _run_batch(plan, f, Xi, method, return_grad, dchunk), X, 1, np.concatenate)

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from functools import partial
@@ -25,9 +24,9 @@ import torch
 import torch.fx as fx
 
 from .. import engine
-from ..chunking import split_directions
+from ..chunking import by_points, split_directions
 from ..plan import Plan
-from .torch_capture import capture, raise_if_data_dependent, to_program
+from .torch_capture import capture, enclosed, outside_trace, raise_if_data_dependent, to_program
 from .torch_emit import Co, Emitter, GroupSums, Layout
 from .torch_generic import is_generic_node
 from .torch_nested import nested_program, run_nested
@@ -59,10 +58,11 @@ class JetProgram:
     ``chunk`` points go through the graph per pass (per-point semantics make chunks independent).
     """
 
-    def __init__(self, gm: fx.GraphModule, captured: fx.GraphModule, program, build_seconds: float, chunk: int):
+    def __init__(self, gm: fx.GraphModule, captured: fx.GraphModule, program, build_seconds: float, chunk: int, specs):
         self.graph_module = gm
         self.captured = captured
         self.program = program
+        self.specs = specs  # the group specs the program was emitted for (``.schedule``)
         self.build_seconds = build_seconds
         self.chunk = max(1, int(chunk))
 
@@ -71,11 +71,7 @@ class JetProgram:
         return self.graph_module.code
 
     def __call__(self, X):
-        n = X.shape[0]
-        if n <= self.chunk:
-            return self.graph_module(X)
-        parts = [self.graph_module(X[i : i + self.chunk]) for i in range(0, n, self.chunk)]
-        return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True))
+        return by_points(self.graph_module, X, self.chunk, torch.cat)
 
 
 def build(
@@ -116,31 +112,23 @@ def build(
         with torch.no_grad():  # the generic rule runs eagerly at run time: once now, so errors surface while building
             new(x_example[:1] if x_example.dim() == 2 else x_example[None])
     chunk = chunk_size or CHUNK_BYTES // (E.max_point_elems * xp.element_size())
-    return JetProgram(new, gm, program, time.perf_counter() - t0, chunk)
+    return JetProgram(new, gm, program, time.perf_counter() - t0, chunk, specs)
 
 
 def _group_inputs(plan: Plan, E: Emitter, root: torch.nn.Module, x0: Co, xp: torch.Tensor):
-    D = plan.dim
-
     def inputs(i: int, spec: engine.GroupSpec, b: int = 0):
-        lo = b * spec.R
-        R = min(spec.R, spec.size - lo)  # block b (the last one may be partial)
-        g = None if spec.identity else plan.groups[i]  # None: unit vectors e_1 … e_D (an identity seed)
-        weights = engine.group_weights(plan, i, spec)[lo : lo + R]
+        blk = engine.block_inputs(plan, i, spec, b)
         tag = f"{i}" if spec.blocks == 1 else f"{i}_{b}"
-        root.register_buffer(f"w{tag}", torch.as_tensor(weights, dtype=xp.dtype, device=xp.device))
-        sums = GroupSums(E, R, E.graph.get_attr(f"w{tag}"), [float(w) for w in weights])
+        root.register_buffer(f"w{tag}", torch.as_tensor(blk.weights, dtype=xp.dtype, device=xp.device))
+        sums = GroupSums(E, blk.R, E.graph.get_attr(f"w{tag}"), [float(w) for w in blk.weights])
         V = None
-        if (spec.identity and spec.blocks > 1) or spec.unit:  # unit directions e_a: symbolic, rows by index
-            axes = range(lo, lo + R) if g is None else g.unit_axes[lo : lo + R]
-            root.register_buffer(f"axes{tag}", torch.as_tensor(list(axes), dtype=torch.long, device=xp.device))
-            V = engine.Identity(R, E.graph.get_attr(f"axes{tag}"))
-        elif spec.order and not spec.served and not spec.identity:
-            V_b = torch.as_tensor(g.directions[lo : lo + R], dtype=xp.dtype, device=xp.device)[None]
-            root.register_buffer(f"V{tag}", V_b)
-            V = Co(E, E.graph.get_attr(f"V{tag}"), False, R, (D,))
-        layout = Layout(E, R)
-        ctx = engine.Context(spec.order, spec.collapsed, R, layout, sums.wsum, sums.wdot, backend=NAME)
+        if blk.rows is not None:  # unit directions e_a: symbolic, rows by index
+            root.register_buffer(f"axes{tag}", torch.as_tensor(blk.rows, dtype=torch.long, device=xp.device))
+            V = engine.Identity(blk.R, E.graph.get_attr(f"axes{tag}"))
+        elif blk.directions is not None:
+            root.register_buffer(f"V{tag}", torch.as_tensor(blk.directions, dtype=xp.dtype, device=xp.device)[None])
+            V = Co(E, E.graph.get_attr(f"V{tag}"), False, blk.R, (plan.dim,))
+        ctx = engine.Context(spec.order, spec.collapsed, blk.R, Layout(E, blk.R), sums.wsum, sums.wdot, backend=NAME)
         return ctx, x0, V
 
     return inputs
@@ -200,35 +188,12 @@ def _check(method: str):
         raise ValueError(f"unknown method {method!r}; expected 'collapsed', 'standard' or 'nested'")
 
 
-def _traced(x: torch.Tensor) -> bool:
-    """Whether ``x`` is being traced by an enclosing capture (``make_fx``: fake, functional or proxy tensors)."""
-    from torch._subclasses.fake_tensor import is_fake
-    from torch.fx.experimental.proxy_tensor import get_proxy_mode
-
-    try:
-        functional = torch._C._functorch.is_functionaltensor(x) or torch._is_functional_tensor(x)
-    except Exception:  # pragma: no cover - depends on torch internals
-        functional = False
-    return functional or is_fake(x) or get_proxy_mode() is not None
-
-
-@contextlib.contextmanager
-def _outside_trace():
-    """Leave the enclosing trace's modes (proxy, fake, functionalisation) to build an inner jet program."""
-    from torch._functorch.pyfunctorch import temporarily_pop_interpreter_stack
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-    from torch.fx.experimental.proxy_tensor import disable_proxy_modes_tracing
-
-    with temporarily_pop_interpreter_stack(), disable_proxy_modes_tracing(), unset_fake_temporarily():
-        yield
-
-
 def _build_for(plan, f, X, method, return_grad, **chunks) -> JetProgram:
-    if not _traced(X):
+    if not enclosed(X):
         return build(plan, f, X, method=method, return_grad=return_grad, **chunks)
     # nested: build the inner jet program at a real point outside the outer trace, then *call* it on the traced
     # input so that its ops are recorded into the outer graph
-    with _outside_trace():
+    with outside_trace():
         example = torch.zeros(X.shape[-1], dtype=X.dtype, device=X.device)
         return build(plan, f, example, method=method, return_grad=return_grad, **chunks)
 
@@ -249,17 +214,9 @@ def run(
     X, batched = _as_batch(x)
     if method == "nested":
         p = split_directions(plan, direction_chunk_size)
-        return _unbatch(_by_points(lambda Xc: run_nested(p, f, Xc, return_grad), X, chunk_size), batched)
+        return _unbatch(by_points(lambda Xc: run_nested(p, f, Xc, return_grad), X, chunk_size, torch.cat), batched)
     prog = _build_for(plan, f, X, method, return_grad, chunk_size=chunk_size, direction_chunk_size=direction_chunk_size)
     return _unbatch(prog(X), batched)
-
-
-def _by_points(fn: Callable, X: torch.Tensor, chunk: int | None):
-    """``fn`` over chunks of ``chunk`` points, results concatenated."""
-    if chunk is None or X.shape[0] <= chunk:
-        return fn(X)
-    parts = [fn(X[i : i + chunk]) for i in range(0, X.shape[0], chunk)]
-    return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True))
 
 
 class CompiledTorch:
@@ -305,16 +262,17 @@ class CompiledTorch:
     @property
     def schedule(self) -> str:
         """The engine's schedule of each jet group (structural zeros, directions, where Σ_r w_r forms)."""
+        if self.method == "nested":
+            return "# method='nested' runs torch.func transforms of f directly; there is no jet program."
         prog = next(iter(self._programs.values()))
-        specs = engine.group_specs(self.plan, self.method, self.return_grad)
-        return "\n".join(str(engine.schedule_for(prog.program, s)) for s in specs if not s.served)
+        return engine.schedule_text(prog.program, prog.specs)
 
     def __call__(self, x):
         X, batched = _as_batch(x)
         if self.method == "nested":
             program, p = self.nested_program(X), self._nested_plan
             fn = lambda Xc: run_nested(p, self.f, Xc, self.return_grad, program)  # noqa: E731
-            return _unbatch(_by_points(fn, X, self.chunks.get("chunk_size")), batched)
+            return _unbatch(by_points(fn, X, self.chunks.get("chunk_size"), torch.cat), batched)
         return _unbatch(self.program(X)(X), batched)
 
 

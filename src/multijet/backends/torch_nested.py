@@ -9,6 +9,7 @@ from collections.abc import Callable
 import torch
 import torch.fx as fx
 
+from ..chunking import by_points
 from ..errors import BackendError, MultijetError
 from ..plan import JetGroup, Plan
 from .torch_capture import capture, capturing, check_param_dtypes, one_output
@@ -65,9 +66,8 @@ def _directions(group: JetGroup, X: torch.Tensor) -> torch.Tensor:
     """The group's (R, D) directions; unit ones as rows of the identity built here (never the plan's dense V)."""
     if group.unit_axes is None:
         return torch.as_tensor(group.directions, dtype=X.dtype, device=X.device)
-    V = torch.zeros(group.size, group.dim, dtype=X.dtype, device=X.device)
-    V[torch.arange(group.size), torch.as_tensor(group.unit_axes, dtype=torch.long)] = 1.0
-    return V
+    axes = torch.as_tensor(group.unit_axes, dtype=torch.long, device=X.device)
+    return (axes[:, None] == torch.arange(group.dim, device=X.device)).to(X.dtype)
 
 
 #: Ops whose forward-mode AD torch gets wrong when the primal is batched by ``vmap`` (seen with torch 2.13:
@@ -132,8 +132,7 @@ def _nested_batch(plan: Plan, g, X: torch.Tensor, return_grad: bool, batchable: 
     from torch.func import jacrev, vmap
 
     if not batchable:  # point by point: a batch of one is exact where vmap over points is not
-        parts = [_nested_batch(plan, g, X[i : i + 1], return_grad, True) for i in range(X.shape[0])]
-        return tuple(None if p[0] is None else torch.cat(p) for p in zip(*parts, strict=True))
+        return by_points(lambda Xi: _nested_batch(plan, g, Xi, return_grad, True), X, 1, torch.cat)
     value = vmap(g)(X)
     total = None
     for group in plan.groups:

@@ -27,7 +27,16 @@ from .program import Program
 from .propagate import propagate
 from .schedule import Schedule, make_schedule
 
-__all__ = ["GroupSpec", "group_specs", "group_weights", "evaluate", "schedule_for", "block_sizes", "python_loop"]
+__all__ = [
+    "GroupSpec",
+    "group_specs",
+    "group_weights",
+    "evaluate",
+    "schedule_for",
+    "schedule_text",
+    "block_sizes",
+    "python_loop",
+]
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,11 @@ def schedule_for(program: Program, spec: GroupSpec) -> Schedule:
     if key not in cache:
         cache[key] = make_schedule(program, spec.order, spec.collapsed)
     return cache[key]
+
+
+def schedule_text(program: Program, specs: tuple[GroupSpec, ...]) -> str:
+    """The printed schedule of every propagated group (a served group is read off its host's, not propagated)."""
+    return "\n".join(str(schedule_for(program, s)) for s in specs if not s.served)
 
 
 Loop = Callable[[Callable[..., tuple], GroupSpec], tuple]
