@@ -24,6 +24,7 @@ from .errors import BackendError, MultijetError, PlanError, UnsupportedPrimitive
 from .extend import register_elementwise, unregister_elementwise
 from .plan import JetGroup, Plan
 from .spec import Bilaplacian, Laplacian, LinearOperator, Operator, SumOperator, WeightedLaplacian
+from .vmc import local_kinetic_energy
 
 __version__ = "0.1.0"
 
@@ -57,6 +58,7 @@ __all__ = [
     "laplacian",
     "weighted_laplacian",
     "bilaplacian",
+    "local_kinetic_energy",
     "apply",
     "compile",
     "plan",

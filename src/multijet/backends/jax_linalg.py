@@ -14,9 +14,12 @@ same point rank), the product of an inverse with a right-hand side of another ra
 from __future__ import annotations
 
 import os
+from functools import partial
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.extend import source_info_util
 
 from .. import engine
@@ -24,6 +27,8 @@ from ..engine import kinds
 from .jax_table import _JAX_DIR, _call, bind_fn, lift, register_rule
 
 __all__ = ["linalg_call", "LINALG_CALLS"]
+
+_THIS_FILE = os.path.abspath(__file__)
 
 #: the jitted JAX functions recognised by name (``jnp.linalg`` and ``jax.scipy.linalg`` share them)
 LINALG_CALLS = ("inv", "solve", "slogdet", "det")
@@ -33,8 +38,39 @@ def _matmul(p, q):
     return [jnp.matmul(p, q)]
 
 
+def _unit_tril_inverse(s):
+    """``(I + S)⁻¹`` for a strictly lower-triangular ``S``, row by row in one loop:
+    ``X_i = e_i − S_i X`` (rows ``k ≥ i`` of ``X`` meet zeros of ``S_i``)."""
+    n = s.shape[-1]
+    eye = jnp.broadcast_to(jnp.eye(n, dtype=s.dtype), s.shape)
+
+    def row(i, x):
+        s_i = lax.dynamic_index_in_dim(s, i, axis=-2, keepdims=True)
+        e_i = lax.dynamic_index_in_dim(eye, i, axis=-2, keepdims=True)
+        return lax.dynamic_update_index_in_dim(x, e_i - jnp.matmul(s_i, x), i, axis=-2)
+
+    return lax.fori_loop(1, n, row, eye)
+
+
+@partial(jax.jit, inline=False)
+def inv(a):
+    """``A⁻¹ = U⁻¹ L⁻¹ P`` from ``P A = L U`` (``lax.linalg.lu``), the triangular inverses in a loop.
+
+    Not ``jnp.linalg.inv``: on CPU its batched LAPACK ``trsm`` kernel (jaxlib 0.10) can block forever when a
+    program holds several of them, as the jet programs of determinant wavefunctions do (issue 11)."""
+    lu, _, perm = lax.linalg.lu(a)
+    n = a.shape[-1]
+    d = jnp.diagonal(lu, axis1=-2, axis2=-1)  # U = D (I + D⁻¹ N): U⁻¹ = (I + D⁻¹ N)⁻¹ D⁻¹
+    n_t = _transpose(jnp.triu(lu, 1) / d[..., :, None])[0]
+    l_inv, u_inv_t = _unit_tril_inverse(jnp.stack([jnp.tril(lu, -1), n_t]))  # both in one loop
+    u_inv = _transpose(u_inv_t)[0] / d[..., None, :]
+    p = (perm[..., :, None] == jnp.arange(n)).astype(a.dtype)  # P[k, j] = 1 where perm[k] = j
+    return jnp.matmul(jnp.matmul(u_inv, l_inv), p)
+
+
 def _inv(a):
-    return [jnp.linalg.inv(a)]
+    """:func:`inv` as a named ``jit`` call, so that a jet program captured again (nesting) takes it as ``inv``."""
+    return [inv(a)]
 
 
 def _trace(p, q):
@@ -67,8 +103,8 @@ def _jax_function(eqn) -> bool:
     src = getattr(info, "func_src_info", None) or ""
     if " at " not in src:
         return False
-    path = src.rsplit(" at ", 1)[1].rsplit(":", 1)[0]
-    return os.path.abspath(path).startswith(_JAX_DIR)
+    path = os.path.abspath(src.rsplit(" at ", 1)[1].rsplit(":", 1)[0])
+    return path.startswith(_JAX_DIR) or path == _THIS_FILE  # this module's ``inv`` (a nested jet program)
 
 
 def _square(shape) -> bool:
@@ -90,18 +126,19 @@ def linalg_call(eqn) -> kinds.Linalg | None:
     if not complex_ok:  # log|det| is not holomorphic: complex determinants keep JAX's own rules
         return None
     if name == "inv" and len(ins) == 1 and len(outs) == 1 and tuple(outs[0].shape) == a:
-        return kinds.Linalg("inv", fn, _inv, _matmul, _trace)
+        return kinds.Linalg("inv", _inv, _inv, _matmul, _trace)  # no trsm in the jet program (see _inv)
     if name == "slogdet" and len(ins) == 1 and [tuple(o.shape) for o in outs] == [a[:-2]] * 2:
         return kinds.Linalg("slogdet", fn, _inv, _matmul, _trace)
     if name == "det" and len(ins) == 1 and len(outs) == 1 and tuple(outs[0].shape) == a[:-2] and a[-1] > 3:
         return kinds.Linalg("det", fn, _inv, _matmul, _trace, slogdet=_slogdet)  # n ≤ 3: JAX's polynomial
     if name == "solve" and len(ins) == 2 and len(outs) == 1:
-        return _solve(fn, a, tuple(ins[1].shape), tuple(outs[0].shape))
+        return _solve(a, tuple(ins[1].shape), tuple(outs[0].shape))
     return None
 
 
-def _solve(fn, a: tuple, b: tuple, out: tuple) -> kinds.Linalg | None:
-    """``A⁻¹ b`` for ``b`` of shape ``(n,)`` (result ``(…, n)``) or ``(…, n, k)`` (batch axes broadcast)."""
+def _solve(a: tuple, b: tuple, out: tuple) -> kinds.Linalg | None:
+    """``A⁻¹ b`` for ``b`` of shape ``(n,)`` (result ``(…, n)``) or ``(…, n, k)`` (batch axes broadcast); the
+    primal too goes through ``_inv`` (no trsm in the jet program)."""
     n = a[-1]
     if len(b) == 1:
         if b != (n,) or out != a[:-1]:
@@ -121,7 +158,10 @@ def _solve(fn, a: tuple, b: tuple, out: tuple) -> kinds.Linalg | None:
         def point(p, q):
             return [jnp.matmul(p, q)]
 
-    return kinds.Linalg("solve", fn, _inv, _matmul, _trace, apply=lift(point, (len(a), len(b))))
+    def primal(p, q):
+        return point(_inv(p)[0], q)
+
+    return kinds.Linalg("solve", primal, _inv, _matmul, _trace, apply=lift(point, (len(a), len(b))))
 
 
 def _jit(eqn, cap):

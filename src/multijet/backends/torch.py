@@ -98,6 +98,7 @@ def build(
     x0 = Co(E, graph.call_method("unsqueeze", (X, 1)), True, 1, (plan.dim,))
     try:
         program = to_program(gm, E, root)
+        _refuse_complex(program)
         specs = engine.group_specs(plan, method, return_grad, direction_chunk_size)
         loop = engine.python_loop(partial(_join, E))
         value, total, grad = engine.evaluate(program, specs, return_grad, _group_inputs(plan, E, root, x0, xp), loop)
@@ -280,3 +281,13 @@ def compile(plan: Plan, f: Callable, x_example, *, method: str = "collapsed", re
     """Capture, plan and emit once; the callable reads parameters live (training loops do not rebuild).
     ``chunks``: ``chunk_size``, ``direction_chunk_size`` (as in :func:`run`)."""
     return CompiledTorch(plan, f, x_example, method, return_grad, **chunks)
+
+
+def _refuse_complex(program) -> None:
+    """The torch tables are written for real arithmetic (``torch.complex``, ``.real`` have no rules yet)."""
+    values = [v for e in program.eqns for v in e.outs] + list(program.outvars)
+    if any(getattr(v.dtype, "is_complex", False) for v in values):
+        raise TypeError(
+            "f computes complex values, which the torch backend does not propagate yet: use backend='jax' "
+            "(complex log ψ, complex orbitals), or write f with real and imaginary parts as separate real outputs"
+        )
