@@ -68,6 +68,23 @@ def inv(a):
     return jnp.matmul(jnp.matmul(u_inv, l_inv), p)
 
 
+@partial(jax.jit, inline=False)
+def cholesky(a):
+    """The lower Cholesky factor of ``A`` (its lower triangle read), column by column in one loop:
+    ``v = A_{:,j} − L L_{j,:}ᵀ``, ``L_{:,j} = v / √v_j`` on rows ``i ≥ j``. Not LAPACK's ``potrf``, whose
+    batched kernel blocks like ``trsm`` (see :func:`inv`)."""
+    n = a.shape[-1]
+    below = jnp.arange(n)
+
+    def column(j, lower):
+        row_j = lax.dynamic_index_in_dim(lower, j, axis=-2, keepdims=False)
+        v = lax.dynamic_index_in_dim(a, j, axis=-1, keepdims=False) - jnp.einsum("...ik,...k->...i", lower, row_j)
+        col = jnp.where(below >= j, v / jnp.sqrt(lax.dynamic_index_in_dim(v, j, axis=-1)), 0)
+        return lax.dynamic_update_index_in_dim(lower, col[..., :, None], j, axis=-1)
+
+    return lax.fori_loop(0, n, column, jnp.zeros_like(a))
+
+
 def _inv(a):
     """:func:`inv` as a named ``jit`` call, so that a jet program captured again (nesting) takes it as ``inv``."""
     return [inv(a)]
@@ -96,15 +113,22 @@ def _real(avals) -> bool:
     return all(jnp.issubdtype(a.dtype, jnp.floating) for a in avals)
 
 
-def _jax_function(eqn) -> bool:
-    """Whether a ``jit`` call's function is defined inside the JAX package (not a user's function)."""
+def _source(eqn) -> str:
+    """The file defining a ``jit`` call's function ('' if unknown)."""
     inner = eqn.params.get("jaxpr")
     info = getattr(getattr(inner, "jaxpr", inner), "debug_info", None)
     src = getattr(info, "func_src_info", None) or ""
-    if " at " not in src:
-        return False
-    path = os.path.abspath(src.rsplit(" at ", 1)[1].rsplit(":", 1)[0])
-    return path.startswith(_JAX_DIR) or path == _THIS_FILE  # this module's ``inv`` (a nested jet program)
+    return os.path.abspath(src.rsplit(" at ", 1)[1].rsplit(":", 1)[0]) if " at " in src else ""
+
+
+def _this_module(eqn) -> bool:
+    return _source(eqn) == _THIS_FILE
+
+
+def _jax_function(eqn) -> bool:
+    """Whether a ``jit`` call's function is JAX's own (not a user's), or this module's ``inv`` (nesting)."""
+    path = _source(eqn)
+    return bool(path) and (path.startswith(_JAX_DIR) or path == _THIS_FILE)
 
 
 def _square(shape) -> bool:
@@ -114,6 +138,8 @@ def _square(shape) -> bool:
 def linalg_call(eqn) -> kinds.Linalg | None:
     """The ``kinds.Linalg`` record of a ``jit`` call of ``jnp.linalg.inv/solve/det/slogdet``, or None."""
     name = eqn.params.get("name")
+    if name == "cholesky" and _this_module(eqn) and _real([v.aval for v in eqn.invars]):
+        return _cholesky_record()  # this module's own (a nested jet program)
     if name not in LINALG_CALLS or not _jax_function(eqn):
         return None
     ins = [v.aval for v in eqn.invars]
@@ -177,8 +203,11 @@ def _cholesky(eqn, cap):
         hint = "complex Cholesky factors have no shared rule; register one with multijet.backends.jax.register_rule"
         engine.config.generic_fallback("cholesky", "jax", source_info_util.summarize(eqn.source_info), hint)
         return None
-    prim = bind_fn(eqn)
-    return kinds.Linalg("cholesky", lambda x: [jnp.tril(prim(x)[0])], _inv, _matmul, transpose=_transpose, phi=_phi)
+    return _cholesky_record()
+
+
+def _cholesky_record() -> kinds.Linalg:
+    return kinds.Linalg("cholesky", lambda x: [cholesky(x)], _inv, _matmul, transpose=_transpose, phi=_phi)
 
 
 for _name in ("jit", "pjit"):
