@@ -41,13 +41,17 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+
+import child_runs  # noqa: E402 - beside this script
+from child_runs import child_env, engine_helpers, uptime  # noqa: E402
+from child_runs import rel_err as _rel_err  # noqa: E402
+
 OUT = HERE / "results" / "bilaplacian_routes"
 NPZ = Path("/tmp/bilaplacian_routes_inputs.npz")
 ROUTES = ("directions", "composition", "default")
@@ -61,7 +65,7 @@ PAPER = "paper jet-for-pytorch"
 
 def _loop(fns: dict, run, reps: int) -> dict:
     """engine_old_vs_new's interleaved loop (plain Python, so the paper's venv can run it too)."""
-    return _engine_helpers()._interleave(fns, run, reps)
+    return engine_helpers()._interleave(fns, run, reps)
 
 
 def _mj_kw(route: str) -> dict:
@@ -211,13 +215,6 @@ CHILDREN = {"jax": child_jax, "torch": child_torch, "paper": child_paper}
 # --- parent ------------------------------------------------------------------------------------------------------
 
 
-def _engine_helpers():
-    sys.path.insert(0, str(HERE))
-    import engine_old_vs_new as eng
-
-    return eng
-
-
 def write_inputs(Ds: list[int], N: int) -> None:
     import numpy as np
 
@@ -231,30 +228,9 @@ def write_inputs(Ds: list[int], N: int) -> None:
     np.savez(NPZ, **arrays)
 
 
-def run_child(kind: str, cfg: dict, python: str, cpu: int | None, timeout: float, eng) -> dict:
-    from multijet.bench import thread_env
-
-    env = {**thread_env(1), "PYTHONPATH": str(REPO / "src"), "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
-    if kind == "paper":
-        env.pop("PYTHONPATH")
+def run_child(kind: str, cfg: dict, python: str, cpu: int | None, timeout: float) -> dict:
     cmd = [python, str(Path(__file__).resolve()), "--child", kind, "--child-config", json.dumps(cfg)]
-    if cpu is not None and shutil.which("taskset"):
-        cmd = ["taskset", "-c", str(cpu), *cmd]
-    before, load, t0 = eng._cpu_times(), os.getloadavg(), time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, env=env, cwd="/tmp", capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"timeout after {timeout:.0f} s", "wall_s": time.perf_counter() - t0}
-    wall, busy = time.perf_counter() - t0, eng._busy(before, eng._cpu_times())
-    if proc.returncode != 0:
-        return {"error": proc.stderr[-3000:], "wall_s": wall}
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"result": res, "wall_s": wall, "loadavg_start": [round(x, 2) for x in load], "cpu_busy": busy}
-
-
-def _rel_err(a: list[float], b: list[float]) -> float:
-    scale = max(1.0, max(abs(x) for x in b))
-    return max(abs(x - y) for x, y in zip(a, b, strict=True)) / scale
+    return child_runs.run_child(cmd, child_env(with_src=kind != "paper"), cpu, timeout)
 
 
 def check(res: dict, ref: str) -> dict[str, float]:
@@ -264,13 +240,6 @@ def check(res: dict, ref: str) -> dict[str, float]:
     if bad := {k: e for k, e in errs.items() if e > 1e-9}:
         raise AssertionError(f"methods disagree with {ref}: {bad}")
     return errs
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def summarise(rounds: list[dict], cfg: dict, eng) -> dict:
@@ -330,7 +299,7 @@ def main() -> None:
         res["notes"] = [*res.get("notes", []), *args.note]
         write_outputs(res, args.out)
         return
-    eng = _engine_helpers()
+    eng = engine_helpers()
     ints = lambda s: [int(x) for x in s.split(",") if x.strip()]  # noqa: E731
     cfg = {
         "rounds": args.rounds or (1 if args.quick else 3),
@@ -368,7 +337,7 @@ def main() -> None:
             jobs += pair if r % 2 == 0 else pair[::-1]
         for kind, D, python in jobs:
             ccfg = {"D": D, "N": cfg["N"], "reps": cfg["reps"], "reference": r == 0}
-            c = run_child(kind, ccfg, python, cpu, args.timeout, eng)
+            c = run_child(kind, ccfg, python, cpu, args.timeout)
             res["children"].append({"round": r, "kind": kind, "D": D, **{k: v for k, v in c.items() if k != "result"}})
             print(f"round {r} {kind:<6} D={D:<3} {c['wall_s']:6.1f} s, load {c.get('loadavg_start')}", flush=True)
             if "error" in c:
@@ -514,10 +483,7 @@ def plot(res: dict, path: Path) -> None:
 
 
 def write_outputs(res: dict, stem: Path) -> None:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(res))
-    plot(res, stem.with_suffix(".png"))
+    child_runs.write_outputs(res, stem, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -35,13 +35,17 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+
+import child_runs  # noqa: E402 - beside this script
+from child_runs import child_env, engine_helpers, uptime  # noqa: E402
+from child_runs import rel_err as _rel_err  # noqa: E402
+
 OUT = HERE / "results" / "vmc_wavefunctions"
 WAVEFUNCTIONS = ("ferminet_like", "psiformer_like")
 BASE, REF, ALT_REF = "folx sparse", "nested", "folx dense"
@@ -119,42 +123,9 @@ def child_jax(a: dict) -> dict:
 # --- parent ------------------------------------------------------------------------------------------------------
 
 
-def _engine_helpers():
-    sys.path.insert(0, str(HERE))
-    import engine_old_vs_new as eng
-
-    return eng
-
-
-def run_child(cfg: dict, cpu: int | None, timeout: float, eng) -> dict:
-    from multijet.bench import thread_env
-
-    env = {**thread_env(1), "PYTHONPATH": str(REPO / "src"), "JAX_PLATFORMS": "cpu", "PYTHONWARNINGS": "ignore"}
+def run_child(cfg: dict, cpu: int | None, timeout: float) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "jax", "--child-config", json.dumps(cfg)]
-    if cpu is not None and shutil.which("taskset"):
-        cmd = ["taskset", "-c", str(cpu), *cmd]
-    before, load, t0 = eng._cpu_times(), os.getloadavg(), time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, env=env, cwd="/tmp", capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": "timeout", "wall_s": time.perf_counter() - t0}
-    wall, busy = time.perf_counter() - t0, eng._busy(before, eng._cpu_times())
-    if proc.returncode != 0:
-        return {"error": proc.stderr[-3000:], "wall_s": wall}
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"result": res, "wall_s": wall, "loadavg_start": [round(x, 2) for x in load], "cpu_busy": busy}
-
-
-def _rel_err(a: list[float], b: list[float]) -> float:
-    scale = max(1.0, max(abs(x) for x in b))
-    return max(abs(x - y) for x, y in zip(a, b, strict=True)) / scale
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return child_runs.run_child(cmd, child_env(), cpu, timeout)
 
 
 def measure_cell(wf: str, n: int, cfg: dict, cpu: int | None, timeout: float, eng, log: list) -> dict:
@@ -165,7 +136,7 @@ def measure_cell(wf: str, n: int, cfg: dict, cpu: int | None, timeout: float, en
     while groups:
         methods = groups.pop(0)
         ccfg = {"wf": wf, "n": n, "N": cfg["N"], "reps": cfg["reps"], "budget_s": cfg["budget_s"], "methods": methods}
-        c = run_child(ccfg, cpu, timeout, eng)
+        c = run_child(ccfg, cpu, timeout)
         log.append({"wf": wf, "n": n, "methods": methods, **{k: v for k, v in c.items() if k != "result"}})
         print(f"  {wf} n={n:<3} {'+'.join(methods):<40} {c['wall_s']:6.1f} s {c.get('error', 'ok')[:200]}", flush=True)
         if "error" in c and len(methods) > 1:
@@ -245,7 +216,7 @@ def main() -> None:
         res["notes"] = [*res.get("notes", []), *args.note]
         write_outputs(res, args.out)
         return
-    eng = _engine_helpers()
+    eng = engine_helpers()
     cfg = {
         "rounds": args.rounds or (1 if args.quick else 3),
         "reps": 2 if args.quick else args.reps,
@@ -420,10 +391,7 @@ def plot(res: dict, path: Path) -> None:
 
 
 def write_outputs(res: dict, stem: Path) -> None:
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(res, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(markdown(res))
-    plot(res, stem.with_suffix(".png"))
+    child_runs.write_outputs(res, stem, markdown, plot)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,6 @@ from .spec import Laplacian, LinearOperator
 
 __all__ = ["local_kinetic_energy"]
 
-#: backends whose jet programs propagate complex outputs (checked against nested AD in tests/test_vmc.py)
-COMPLEX_BACKENDS = ("jax", "numpy")
-
-
 def local_kinetic_energy(
     logpsi: Callable,
     x,
@@ -35,9 +31,10 @@ def local_kinetic_energy(
     """``−½ Σ_i (1/m_i) (∂_i² log ψ + (∂_i log ψ)²)`` at ``x`` of shape (D,) or (N, D).
 
     ``logpsi`` maps one configuration (D,) to a scalar: ``log|ψ|`` (real) or ``log ψ`` (complex, e.g.
-    ``log|det Φ| + i·phase``; JAX and NumPy backends). ``masses``: None (all 1), one per coordinate (D,), or one per
-    particle (P,) with ``D = P·d`` (each repeated over the particle's ``d`` coordinates). The value, gradient
-    and Laplacian come from one pass; the other keywords are :func:`multijet.apply`'s.
+    ``log|det Φ| + i·phase``; JAX and NumPy, while torch refuses complex programs). ``masses``: None (all 1),
+    one per coordinate (D,), or one per particle (P,) with ``D = P·d`` (each repeated over the particle's ``d``
+    coordinates). The value, gradient and Laplacian come from one pass; the other keywords are
+    :func:`multijet.apply`'s.
     """
     D = _dimension(x)
     weights = _inverse_masses(masses, D)
@@ -48,14 +45,9 @@ def local_kinetic_energy(
     )  # fmt: skip
     _, grad, lap = out
     name = owner(grad)
-    if _is_complex(grad) and name not in COMPLEX_BACKENDS:
-        raise TypeError(
-            f"a complex log ψ is supported on the {', '.join(COMPLEX_BACKENDS)} backend, not on {name!r}: "
-            "pass backend='jax', or split log ψ into log|ψ| and the phase yourself"
-        )
     squares = grad * grad  # (∂_i log ψ)², complex for a complex log ψ (no conjugate: it is ψ's own derivative)
     if weights is not None:
-        squares = squares * interop(name).like(weights.astype(np.float64), _real_part(grad))
+        squares = squares * interop(name).like(weights, _real_part(grad))
     return -0.5 * (lap + squares.sum(-1))
 
 
