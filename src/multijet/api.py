@@ -87,6 +87,7 @@ def apply(
     route: str | None = None,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
+    sparsity: bool | None = None,
 ):
     """Evaluate the operator ``op`` on ``f`` at ``x``.
 
@@ -99,8 +100,10 @@ def apply(
     composition such as ``Laplacian() @ Laplacian()`` or the bi-Laplacian); None takes the cheaper.
     ``chunk_size`` bounds the points and ``direction_chunk_size`` the directions propagated at once (peak
     memory follows the chunk; the result is the same, the collapsed sum being additive over directions).
+    ``sparsity=False`` turns off direction sparsity, which by default carries only the directions each value
+    can depend on (per particle: unit directions grouped in blocks) wherever the cost model finds it pays.
     """
-    chunks = check_chunks(chunk_size, direction_chunk_size)
+    chunks = check_chunks(chunk_size, direction_chunk_size, sparsity)
     name, module = _backend(backend, x, op, f, method, samples, distribution)
     _check_method(method)
     X = _check_x(x)
@@ -185,13 +188,14 @@ def compile(
     route: str | None = None,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
+    sparsity: bool | None = None,
 ) -> Compiled:
     """Plan (and, where the backend can, trace) once; returns a callable ``x -> P f(x)`` for training loops.
 
     A randomised compiled operator keeps its directions fixed (drawn once from ``seed``). ``chunk_size`` and
-    ``direction_chunk_size`` as in :func:`apply`.
+    ``direction_chunk_size`` and ``sparsity`` as in :func:`apply`.
     """
-    chunks = check_chunks(chunk_size, direction_chunk_size)
+    chunks = check_chunks(chunk_size, direction_chunk_size, sparsity)
     name, module = _backend(backend, x_example, op, f, method, samples, distribution)
     _check_method(method)
     X = _check_x(x_example)

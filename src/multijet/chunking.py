@@ -20,16 +20,23 @@ from .plan import JetGroup, Plan
 __all__ = ["check_chunks", "split_directions", "by_points"]
 
 
-def check_chunks(chunk_size, direction_chunk_size) -> dict[str, int | None]:
-    """``{"chunk_size": …, "direction_chunk_size": …}``, each a positive integer or None (no chunking)."""
+def check_chunks(chunk_size, direction_chunk_size, sparsity=None) -> dict:
+    """``{"chunk_size": …, "direction_chunk_size": …}``, each a positive integer or None (no chunking), and
+    ``"sparsity"`` when given (False turns direction sparsity off; None, the default, leaves it to the cost
+    model and is not passed on, so backends without the option keep working)."""
     out = {"chunk_size": chunk_size, "direction_chunk_size": direction_chunk_size}
+    extra = {}
+    if sparsity is not None and not isinstance(sparsity, bool):
+        raise ValueError(f"sparsity must be None (the cost model decides) or a bool, got {sparsity!r}")
+    if sparsity is False:
+        extra["sparsity"] = False
     for key, value in out.items():
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"{key} must be a positive integer or None (no chunking), got {value!r}")
         out[key] = int(value)
-    return out
+    return out | extra
 
 
 def split_directions(plan: Plan, chunk: int | None) -> Plan:

@@ -111,7 +111,7 @@ def _inner(module, inner: Plan, f: Callable, method: str, chunks: dict | None = 
 
 def _inner_chunks(chunks: dict) -> dict:
     """The inner level runs at one point: only the direction chunk applies."""
-    return {k: v for k, v in chunks.items() if k == "direction_chunk_size"}
+    return {k: v for k, v in chunks.items() if k in ("direction_chunk_size", "sparsity")}
 
 
 def _base(plan: Plan) -> Plan:

@@ -27,6 +27,7 @@ def local_kinetic_energy(
     method: str = "collapsed",
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
+    sparsity: bool | None = None,
 ):
     """``−½ Σ_i (1/m_i) (∂_i² log ψ + (∂_i log ψ)²)`` at ``x`` of shape (D,) or (N, D).
 
@@ -41,7 +42,7 @@ def local_kinetic_energy(
     op = Laplacian() if weights is None else LinearOperator({_unit2(i, D): float(w) for i, w in enumerate(weights)})
     out = apply(
         op, _scalar_checked(logpsi), x, backend=backend, method=method, return_grad=True, chunk_size=chunk_size,
-        direction_chunk_size=direction_chunk_size,
+        direction_chunk_size=direction_chunk_size, sparsity=sparsity,
     )  # fmt: skip
     _, grad, lap = out
     name = owner(grad)

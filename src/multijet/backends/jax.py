@@ -27,6 +27,7 @@ from ..engine.program import Equation, Program, Var
 from ..plan import Plan
 from .jax_linalg import LINALG_CALLS  # noqa: F401  (registers the linear-algebra rules)
 from .jax_nested import nested_point, unit_rows
+from .jax_sparse import SparseOps
 from .jax_table import KINDS, RULES, bind_fn, map_lead, register_rule
 
 __all__ = ["NAME", "run", "compile", "seed_from", "register_rule", "RULES", "KINDS", "set_strict", "capture"]
@@ -87,7 +88,7 @@ class _Capture:
         def var(v) -> Var:
             if isinstance(v, jcore.Literal):
                 ev = Var(tuple(v.aval.shape), v.aval.dtype, _inexact(v.aval), name="lit")
-                program_consts[ev] = jnp.asarray(v.val, dtype=v.aval.dtype)
+                program_consts[ev] = np.asarray(v.val, dtype=v.aval.dtype)  # concrete even inside a trace
                 return ev
             if v not in env:
                 env[v] = Var(tuple(v.aval.shape), v.aval.dtype, _inexact(v.aval))
@@ -137,7 +138,7 @@ def capture(f: Callable, x) -> tuple[jcore.ClosedJaxpr, Callable]:
 # --- layout ------------------------------------------------------------------------------------------------------
 
 
-class Layout:
+class Layout(SparseOps):
     """Per-direction coefficients ``(R, *shape)``; the primal and the collapsed top plain ``shape``."""
 
     xp = jnp
@@ -190,7 +191,10 @@ def _context(spec: engine.GroupSpec, w) -> engine.Context:
             return jnp.tensordot(w, a, axes=1)
 
     w0 = w[0] if spec.order == 0 else None
-    return engine.Context(spec.order, spec.collapsed, spec.R, Layout(spec.R), wsum, backend=NAME, weight0=w0)
+    weights = None if spec.ones else w
+    return engine.Context(
+        spec.order, spec.collapsed, spec.R, Layout(spec.R), wsum, backend=NAME, weight0=w0, weights=weights
+    )
 
 
 # --- groups, points, batches ---------------------------------------------------------------------------------------
@@ -212,9 +216,11 @@ def _block_loop(block, spec: engine.GroupSpec):
     return value, total, grad
 
 
-def _jet_point(source, specs, return_grad, consts, x, arrays):
+def _jet_point(source, specs, return_grad, static, consts, x, arrays):
     """One point's jet; ``source`` is the captured :class:`Program` (``compile``: built once, its schedules
     are the ones ``.schedule`` prints) or the jaxpr, converted here with the traced ``consts`` (eager runs)."""
+    if not isinstance(source, Program):
+        consts = [static.get(i, c) for i, c in enumerate(consts)]  # integer constants (indices) stay concrete
     program = source if isinstance(source, Program) else _Capture().program(source, consts)
     (out_var,) = program.outvars
 
@@ -234,11 +240,11 @@ def _jet_point(source, specs, return_grad, consts, x, arrays):
     return value, total, jnp.moveaxis(grad, 0, -1)
 
 
-def _point(jaxpr, specs, method: str, return_grad: bool, program: Program | None = None) -> Callable:
+def _point(jaxpr, specs, method: str, return_grad: bool, program: Program | None = None, static=None) -> Callable:
     """``(consts, x, arrays) -> (value, result, grad)`` at one point: nested AD, or the engine's jet."""
     if method == "nested":
         return partial(nested_point, jaxpr, specs, return_grad)
-    return partial(_jet_point, jaxpr if program is None else program, specs, return_grad)
+    return partial(_jet_point, jaxpr if program is None else program, specs, return_grad, dict(static or ()))
 
 
 def _evaluate(point, chunk, consts, X, arrays):
@@ -260,13 +266,26 @@ _RUNNERS: collections.OrderedDict = collections.OrderedDict()
 _MAX_RUNNERS = 64
 
 
-def _runner(jaxpr, specs, method, return_grad, chunk=None) -> Callable:
-    """A jitted ``(consts, X, arrays) -> (value, result, grad)``, cached on the program's text and the plan's
-    static structure (so repeated eager calls, with new parameters or new random directions, reuse it)."""
-    key = (str(jaxpr), specs, method, return_grad, chunk, engine.is_strict(), frozenset(RULES.items()))
+def _static_consts(consts: list) -> tuple:
+    """The concrete integer and boolean constants (indices, masks) as ``(position, array)``: compiled in, so
+    that direction sparsity can follow gathers by them; floating constants (parameters) stay arguments."""
+    out = []
+    for i, c in enumerate(consts):
+        if isinstance(c, jax.core.Tracer) or jnp.issubdtype(jnp.result_type(c), jnp.inexact) or np.size(c) > 1 << 16:
+            continue
+        out.append((i, np.asarray(c)))
+    return tuple(out)
+
+
+def _runner(jaxpr, specs, method, return_grad, chunk=None, static: tuple = ()) -> Callable:
+    """A jitted ``(consts, X, arrays) -> (value, result, grad)``, cached on the program's text, its integer
+    constants and the plan's static structure (so repeated eager calls, with new parameters or new random
+    directions, reuse it)."""
+    static_key = tuple((i, a.dtype.str, a.shape, a.tobytes()) for i, a in static)
+    key = (str(jaxpr), specs, method, return_grad, chunk, engine.is_strict(), frozenset(RULES.items()), static_key)
     fn = _RUNNERS.get(key)
     if fn is None:
-        fn = jax.jit(partial(_evaluate, _point(jaxpr, specs, method, return_grad), chunk))
+        fn = jax.jit(partial(_evaluate, _point(jaxpr, specs, method, return_grad, static=static), chunk))
         _RUNNERS[key] = fn
         if len(_RUNNERS) > _MAX_RUNNERS:
             _RUNNERS.popitem(last=False)
@@ -280,20 +299,20 @@ def _runner(jaxpr, specs, method, return_grad, chunk=None) -> Callable:
 _SPECS_ARRAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _specs_arrays(plan: Plan, method: str, return_grad: bool, dtype, dchunk: int | None = None):
-    key = (method, bool(return_grad), np.dtype(dtype), dchunk, jax.config.jax_enable_x64)
+def _specs_arrays(plan: Plan, method: str, return_grad: bool, dtype, dchunk: int | None = None, sparsity=None):
+    key = (method, bool(return_grad), np.dtype(dtype), dchunk, jax.config.jax_enable_x64, sparsity)
     per_plan = _SPECS_ARRAYS.setdefault(plan, {})
     if key not in per_plan:
         with jax.ensure_compile_time_eval():  # concrete arrays even inside an enclosing jit (never a cached tracer)
-            per_plan[key] = _build_specs_arrays(plan, method, return_grad, dtype, dchunk)
+            per_plan[key] = _build_specs_arrays(plan, method, return_grad, dtype, dchunk, sparsity)
     return per_plan[key]
 
 
-def _build_specs_arrays(plan: Plan, method: str, return_grad: bool, dtype, dchunk: int | None = None):
+def _build_specs_arrays(plan: Plan, method: str, return_grad: bool, dtype, dchunk: int | None = None, sparsity=None):
     """The static group specs and each group's ``(rows, V, w)`` (:func:`multijet.engine.block_inputs`): unit
     directions by their axes ``rows``, dense directions ``V``, weights ``w`` (a served group's read-off ``a``);
     blocked ``(blocks, R, …)`` with padding (weight zero) when ``dchunk`` splits the group."""
-    specs = engine.group_specs(plan, method, return_grad, dchunk)
+    specs = engine.group_specs(plan, method, return_grad, dchunk, sparsity)
     arrays = []
     for i, spec in enumerate(specs):
         blocks = [engine.block_inputs(plan, i, spec, b, pad=True) for b in range(spec.blocks)]
@@ -321,14 +340,17 @@ def run(
     return_grad: bool = False,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
+    sparsity: bool | None = None,
 ):
     """Evaluate the plan on ``f`` at ``x`` (D,) or (N, D); returns ``(value, result, grad)``. ``chunk_size``
-    points and ``direction_chunk_size`` directions per pass, each under ``lax.map``."""
+    points and ``direction_chunk_size`` directions per pass, each under ``lax.map``; ``sparsity``: direction
+    sparsity where the cost model finds it pays (None) or never (False)."""
     x = _as_array(x)
     closed = capture(f, x)
-    specs, arrays = _specs_arrays(plan, method, return_grad, x.dtype, direction_chunk_size)
-    fn = _runner(closed.jaxpr, specs, method, return_grad, chunk_size)
-    return fn(list(closed.consts), x, arrays)
+    specs, arrays = _specs_arrays(plan, method, return_grad, x.dtype, direction_chunk_size, sparsity)
+    consts = list(closed.consts)
+    fn = _runner(closed.jaxpr, specs, method, return_grad, chunk_size, _static_consts(consts))
+    return fn(consts, x, arrays)
 
 
 def compile(
@@ -340,6 +362,7 @@ def compile(
     return_grad: bool = False,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
+    sparsity: bool | None = None,
 ):
     """Trace ``f`` once at ``x_example`` and return the jitted ``x -> (value, result, grad)``.
 
@@ -350,7 +373,7 @@ def compile(
     x_example = _as_array(x_example)
     closed = capture(f, x_example)
     jaxpr, consts = closed.jaxpr, list(closed.consts)
-    specs, arrays = _specs_arrays(plan, method, return_grad, x_example.dtype, direction_chunk_size)
+    specs, arrays = _specs_arrays(plan, method, return_grad, x_example.dtype, direction_chunk_size, sparsity)
     program = None if method == "nested" else _Capture().program(jaxpr, consts)  # the one the jit trace runs
     point = _point(jaxpr, specs, method, return_grad, program)
     fn = jax.jit(lambda x: _evaluate(point, chunk_size, consts, x, arrays))

@@ -95,6 +95,11 @@ def _trace(p, q):
     return [jnp.sum(p * jnp.swapaxes(q, -1, -2), axis=(-2, -1))]
 
 
+def _diag_product(p, q):
+    """``diag(p q)`` over the last two axes without the product: ``Σ_j p_ij q_ji``."""
+    return [jnp.sum(p * jnp.swapaxes(q, -1, -2), axis=-1)]
+
+
 def _slogdet(a):
     return list(jnp.linalg.slogdet(a))
 
@@ -154,7 +159,7 @@ def linalg_call(eqn) -> kinds.Linalg | None:
     if name == "inv" and len(ins) == 1 and len(outs) == 1 and tuple(outs[0].shape) == a:
         return kinds.Linalg("inv", _inv, _inv, _matmul, _trace)  # no trsm in the jet program (see _inv)
     if name == "slogdet" and len(ins) == 1 and [tuple(o.shape) for o in outs] == [a[:-2]] * 2:
-        return kinds.Linalg("slogdet", fn, _inv, _matmul, _trace)
+        return kinds.Linalg("slogdet", fn, _inv, _matmul, _trace, diag_product=_diag_product)
     if name == "det" and len(ins) == 1 and len(outs) == 1 and tuple(outs[0].shape) == a[:-2] and a[-1] > 3:
         return kinds.Linalg("det", fn, _inv, _matmul, _trace, slogdet=_slogdet)  # n ≤ 3: JAX's polynomial
     if name == "solve" and len(ins) == 2 and len(outs) == 1:

@@ -139,8 +139,8 @@ def _elementwise(table: str | None = None, **params_from):
     return build
 
 
-def _linear(lin: tuple[int, ...] | None):
-    return lambda eqn, cap: kinds.Linear(_lifted(eqn), lin)
+def _linear(lin: tuple[int, ...] | None, structure: str = "positive"):
+    return lambda eqn, cap: kinds.Linear(_lifted(eqn), lin, structure)
 
 
 def _sum(*signs: float):
@@ -152,7 +152,7 @@ def _zero(eqn, cap):
 
 
 def _select_n(eqn, cap):
-    return kinds.Linear(_lifted(eqn), tuple(range(1, len(eqn.invars))))
+    return kinds.Linear(_lifted(eqn), tuple(range(1, len(eqn.invars))), "pointwise")
 
 
 def _max_min(eqn, cap):
@@ -283,9 +283,11 @@ register_rule("add_any", _sum(1.0, 1.0), "sum")
 register_rule("sub", _sum(1.0, -1.0), "sum")
 register_rule("neg", _sum(-1.0), "sum")
 for _n in ("reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "rev", "slice", "reduce_sum",
-           "cumsum", "convert_element_type", "copy", "copy_p", "reduce_precision", "real", "imag", "conj",
-           "dynamic_slice", "gather", "split", "sharding_constraint", "optimization_barrier"):  # fmt: skip
+           "cumsum", "convert_element_type", "copy", "copy_p", "reduce_precision", "dynamic_slice", "gather",
+           "split", "sharding_constraint", "optimization_barrier"):  # fmt: skip
     register_rule(_n, _linear((0,)), "linear")
+for _n in ("real", "imag", "conj"):
+    register_rule(_n, _linear((0,), "opaque"), "linear")
 for _n in ("concatenate", "stack"):
     register_rule(_n, _linear(None), "linear")
 register_rule("pad", _linear((0, 1)), "linear")

@@ -36,6 +36,7 @@ from ..chunking import by_points
 from ..engine.program import Var
 from ..plan import Plan
 from .numpy_namespace import EXTRA_RULES, NS
+from .numpy_sparse import SparseOps
 from .numpy_tracer import NAME, PerPoint, Tracer, capture, is_tracer, unsupported, xp_of
 
 __all__ = ["NAME", "NESTS", "Tracer", "Layout", "run", "register_rule", "namespace"]
@@ -57,7 +58,7 @@ def namespace() -> Any:
 # --- the propagation layout -------------------------------------------------------------------------------------
 
 
-class Layout:
+class Layout(SparseOps):
     """Two leading axes: the batch (N or 1) and the directions (R or 1); arrays may be tracers (nesting)."""
 
     xp = np  # NumPy's functions dispatch to the tracer namespace on tracers (__array_ufunc__/__array_function__)
@@ -121,10 +122,12 @@ def _wsum(w: np.ndarray, ones: bool) -> Callable:
 # --- run ------------------------------------------------------------------------------------------------------------
 
 
-def _evaluate(program, plan: Plan, method: str, return_grad: bool, x0, dtype, N: int, dchunk: int | None = None):
+def _evaluate(program, plan: Plan, method: str, return_grad: bool, x0, dtype, N: int, dchunk: int | None = None,
+              sparsity: bool | None = None):  # fmt: skip
     """The engine over the plan's groups; ``(value, result, gradient)`` in the layout. ``dchunk`` directions
-    per pass (blocks one after the other; unit directions seeded as rows of the identity, never D×D)."""
-    specs = engine.group_specs(plan, method, return_grad, dchunk)
+    per pass (blocks one after the other; unit directions seeded as rows of the identity, never D×D);
+    ``sparsity`` as in :func:`multijet.engine.group_specs`."""
+    specs = engine.group_specs(plan, method, return_grad, dchunk, sparsity)
 
     def inputs(i, spec, b=0):
         blk = engine.block_inputs(plan, i, spec, b)
@@ -133,8 +136,9 @@ def _evaluate(program, plan: Plan, method: str, return_grad: bool, x0, dtype, N:
             V = engine.Identity(blk.R, blk.rows)
         elif blk.directions is not None:
             V = blk.directions.astype(dtype)[None]
-        wsum = _wsum(blk.weights.astype(dtype), spec.ones)
-        ctx = engine.Context(spec.order, spec.collapsed, blk.R, Layout(N, blk.R), wsum, backend=NAME)
+        w = blk.weights.astype(dtype)
+        ctx = engine.Context(spec.order, spec.collapsed, blk.R, Layout(N, blk.R), _wsum(w, spec.ones), backend=NAME,
+                             weights=None if spec.ones else w)  # fmt: skip
         return ctx, x0, V
 
     return engine.evaluate(program, specs, return_grad, inputs, engine.python_loop(_join))
@@ -160,11 +164,11 @@ def _read(program, res, N: int, D: int, return_grad: bool):
     return full(value, (N, 1)), full(total, (N, 1)), full(grad, (N, D)) if return_grad else None
 
 
-def _run_batch(plan: Plan, f: Callable, X: np.ndarray, method: str, return_grad: bool, dchunk=None):
+def _run_batch(plan: Plan, f: Callable, X: np.ndarray, method: str, return_grad: bool, dchunk=None, sparsity=None):
     N, D = X.shape
     x0 = X[:, None, :]
     program = capture(f, x0, X.dtype)
-    res = _evaluate(program, plan, method, return_grad, x0, X.dtype, N, dchunk)
+    res = _evaluate(program, plan, method, return_grad, x0, X.dtype, N, dchunk, sparsity)
     value, total, grad = _read(program, res, N, D, return_grad)
     return np.array(value[:, 0]), np.array(total[:, 0]), None if grad is None else np.moveaxis(grad, 1, -1).copy()
 
@@ -176,7 +180,7 @@ def _run_traced(plan: Plan, f: Callable, x: Tracer, method: str, return_grad: bo
         raise unsupported("an operator applied to a traced batch (N, D) inside a captured function")
     (D,) = x.shape
     program = capture(f, x._x0, x.dtype)
-    res = _evaluate(program, plan, method, return_grad, NS.reshape(x, (1, 1, D)), x.dtype, 1, dchunk)
+    res = _evaluate(program, plan, method, return_grad, NS.reshape(x, (1, 1, D)), x.dtype, 1, dchunk, sparsity=False)
     value, total, grad = _read(program, res, 1, D, return_grad)
     shape = program.outvars[0].shape
     value, total = (xp_of(a).reshape(a, shape) for a in (value, total))
@@ -194,10 +198,12 @@ def run(
     return_grad: bool = False,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
+    sparsity: bool | None = None,
 ):
     """Evaluate ``Σ_groups Σ_r w_r f_K(v_r)`` at ``x`` of shape (D,) or (N, D). Returns ``(value, result, grad)``.
 
-    ``chunk_size`` points and ``direction_chunk_size`` directions per pass (None: all at once)."""
+    ``chunk_size`` points and ``direction_chunk_size`` directions per pass (None: all at once); ``sparsity``:
+    direction sparsity where the cost model finds it pays (None) or never (False)."""
     if method == "nested":
         raise ValueError(
             "method='nested' needs a framework's automatic differentiation; the NumPy backend has none. "
@@ -209,7 +215,8 @@ def run(
     batched = X.ndim == 2
     if not batched:
         X = X[None]
-    fn = partial(_run_points, plan, f, method=method, return_grad=return_grad, dchunk=direction_chunk_size)
+    fn = partial(_run_points, plan, f, method=method, return_grad=return_grad, dchunk=direction_chunk_size,
+                 sparsity=sparsity)  # fmt: skip
     value, total, grad = by_points(fn, X, chunk_size, np.concatenate)
     if not batched:
         value, total = value[0], total[0]
@@ -217,9 +224,10 @@ def run(
     return value, total, grad
 
 
-def _run_points(plan: Plan, f: Callable, X: np.ndarray, *, method: str, return_grad: bool, dchunk):
+def _run_points(plan: Plan, f: Callable, X: np.ndarray, *, method: str, return_grad: bool, dchunk, sparsity=None):
     """One chunk of points: as a batch, or point by point where ``f`` branches on values."""
     try:
-        return _run_batch(plan, f, X, method, return_grad, dchunk)
+        return _run_batch(plan, f, X, method, return_grad, dchunk, sparsity)
     except PerPoint:
-        return by_points(lambda Xi: _run_batch(plan, f, Xi, method, return_grad, dchunk), X, 1, np.concatenate)
+        return by_points(lambda Xi: _run_batch(plan, f, Xi, method, return_grad, dchunk, sparsity), X, 1,
+                         np.concatenate)  # fmt: skip

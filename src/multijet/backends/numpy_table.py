@@ -127,7 +127,7 @@ def nary(kind: str, name: str, nd: int):
     if kind == "zero":
         return kinds.Zero(fn)
     if kind == "where":
-        return kinds.Linear(fn, (1, 2))
+        return kinds.Linear(fn, (1, 2), "pointwise")
     if kind in ("max", "min"):
         return kinds.Selection(kind, "split", fn)
     if kind == "clamp":
@@ -138,9 +138,10 @@ def nary(kind: str, name: str, nd: int):
 _SIGNS = {"add": (1.0, 1.0), "subtract": (1.0, -1.0), "negative": (-1.0,)}
 
 
-def linear(g: Callable, lin: tuple[int, ...] | None = (0,)) -> kinds.Linear:
-    """A primitive linear in the operands ``lin``: ``g(xp, *operands)`` in the layout."""
-    return kinds.Linear(lambda *cs: [g(xp_of(*cs), *cs)], lin)
+def linear(g: Callable, lin: tuple[int, ...] | None = (0,), structure: str = "positive") -> kinds.Linear:
+    """A primitive linear in the operands ``lin``: ``g(xp, *operands)`` in the layout. The namespace's linear
+    functions move, copy, sum or average elements (``positive``, see :class:`multijet.engine.kinds.Linear`)."""
+    return kinds.Linear(lambda *cs: [g(xp_of(*cs), *cs)], lin, structure)
 
 
 def zero(g: Callable) -> kinds.Zero:
@@ -256,6 +257,12 @@ def _trace(p, q):
     return [np.einsum("...ij,...ji->...", p, q)]
 
 
+def _diag_product(p, q):
+    """``diag(p q)`` over the last two axes: ``Σ_j p_ij q_ji``."""
+    xp = xp_of(p, q)
+    return [xp.sum(p * xp.swapaxes(q, -1, -2), axis=-1)]
+
+
 def _transpose(c):
     return [xp_of(c).swapaxes(c, -1, -2)]
 
@@ -274,7 +281,7 @@ def linalg(op: str, sa: tuple = (), sb: tuple = ()) -> kinds.Linalg:
     if op == "inv":
         return kinds.Linalg("inv", _inv, _inv, _mm, _trace)
     if op == "slogdet":
-        return kinds.Linalg("slogdet", _slogdet, _inv, _mm, _trace)
+        return kinds.Linalg("slogdet", _slogdet, _inv, _mm, _trace, diag_product=_diag_product)
     if op == "det":
         return kinds.Linalg("det", lambda a: [xp_of(a).linalg.det(a)], _inv, _mm, _trace, slogdet=_slogdet)
     if op != "solve":

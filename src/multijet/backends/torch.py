@@ -27,9 +27,10 @@ from .. import engine
 from ..chunking import by_points, split_directions
 from ..plan import Plan
 from .torch_capture import capture, enclosed, outside_trace, raise_if_data_dependent, to_program
-from .torch_emit import Co, Emitter, GroupSums, Layout
+from .torch_emit import Co, Emitter, GroupSums
 from .torch_generic import is_generic_node
 from .torch_nested import nested_program, run_nested
+from .torch_sparse import SparseLayout
 from .torch_table import TABLE, register_rule
 
 __all__ = ["NAME", "run", "compile", "seed_from", "register_rule", "build", "capture", "JetProgram", "TABLE"]
@@ -83,12 +84,14 @@ def build(
     return_grad: bool,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
+    sparsity: bool | None = None,
 ) -> JetProgram:
     """Capture ``f`` at one point of ``x_example``'s dtype/device and emit the jet program for ``plan``.
 
     ``direction_chunk_size`` directions per block: the blocks are emitted one after the other, and the
     module frees each value after its last use, so one block is live at a time. ``chunk_size`` points per
-    pass (default: by :data:`CHUNK_BYTES`)."""
+    pass (default: by :data:`CHUNK_BYTES`). ``sparsity``: direction sparsity where the cost model finds it
+    pays (None) or never (False)."""
     t0 = time.perf_counter()
     xp = (x_example[0] if x_example.dim() == 2 else x_example).detach()
     gm = capture(f, xp)
@@ -99,7 +102,7 @@ def build(
     try:
         program = to_program(gm, E, root)
         _refuse_complex(program)
-        specs = engine.group_specs(plan, method, return_grad, direction_chunk_size)
+        specs = engine.group_specs(plan, method, return_grad, direction_chunk_size, sparsity)
         loop = engine.python_loop(partial(_join, E))
         value, total, grad = engine.evaluate(program, specs, return_grad, _group_inputs(plan, E, root, x0, xp), loop)
     except Exception as e:
@@ -129,7 +132,10 @@ def _group_inputs(plan: Plan, E: Emitter, root: torch.nn.Module, x0: Co, xp: tor
         elif blk.directions is not None:
             root.register_buffer(f"V{tag}", torch.as_tensor(blk.directions, dtype=xp.dtype, device=xp.device)[None])
             V = Co(E, E.graph.get_attr(f"V{tag}"), False, blk.R, (plan.dim,))
-        ctx = engine.Context(spec.order, spec.collapsed, blk.R, Layout(E, blk.R), sums.wsum, sums.wdot, backend=NAME)
+        layout = SparseLayout(E, blk.R, root, xp.dtype, xp.device)
+        weights = None if spec.ones else E.graph.get_attr(f"w{tag}")
+        ctx = engine.Context(spec.order, spec.collapsed, blk.R, layout, sums.wsum, sums.wdot, backend=NAME,
+                             weights=weights)  # fmt: skip
         return ctx, x0, V
 
     return inputs
@@ -208,15 +214,19 @@ def run(
     return_grad: bool = False,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
+    sparsity: bool | None = None,
 ):
     """Evaluate ``Σ_groups Σ_r w_r f_K(v_r)`` at ``x`` (D,) or (N, D): ``(value, result, grad)``; ``chunk_size``
-    points and ``direction_chunk_size`` directions per pass."""
+    points and ``direction_chunk_size`` directions per pass; ``sparsity`` as in :func:`build`."""
     _check(method)
     X, batched = _as_batch(x)
     if method == "nested":
         p = split_directions(plan, direction_chunk_size)
         return _unbatch(by_points(lambda Xc: run_nested(p, f, Xc, return_grad), X, chunk_size, torch.cat), batched)
-    prog = _build_for(plan, f, X, method, return_grad, chunk_size=chunk_size, direction_chunk_size=direction_chunk_size)
+    prog = _build_for(
+        plan, f, X, method, return_grad, chunk_size=chunk_size, direction_chunk_size=direction_chunk_size,
+        sparsity=sparsity,
+    )  # fmt: skip
     return _unbatch(prog(X), batched)
 
 

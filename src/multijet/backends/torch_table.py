@@ -66,14 +66,14 @@ def _rsub_signs(n):  # rsub(a, b, alpha) = b − alpha · a
 def _mul(n):
     if len(n.ins) == 2:
         return kinds.Bilinear(bcast(n), broadcasting=True)
-    return kinds.Linear(bcast(n))
+    return kinds.Linear(bcast(n), structure="pointwise")
 
 
 def _div(n):
     if len(n.ins) == 2:
         return kinds.Divide(bcast(n))
     if isinstance(n.args[0], In):
-        return kinds.Linear(bcast(n))
+        return kinds.Linear(bcast(n), structure="pointwise")
     return None
 
 
@@ -83,7 +83,7 @@ def _pow_scalar(n):
         return None
     pf = float(p)
     if pf == 1.0:
-        return kinds.Linear(lambda c: [c])
+        return kinds.Linear(lambda c: [c], structure="pointwise")
     if pf == 0.0:
         return kinds.Zero(lambda c: [c.map(torch.ones_like)])
     return kinds.Elementwise(bcast(n), "pow", {"exponent": pf})
@@ -97,7 +97,7 @@ def _reduce_select(n):
     x, out = n.ins[0], n.outs[0].shape
     nd = len(x.shape)
     if nd == 0:
-        return kinds.Linear(lambda c: [c])
+        return kinds.Linear(lambda c: [c], structure="pointwise")
     if n.name in ("max.default", "min.default"):
         dims, keep = [], False
     else:

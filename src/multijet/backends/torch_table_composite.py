@@ -28,6 +28,11 @@ COMPOSITE: dict = {}
 TABLE = COMPOSITE
 
 
+
+def _positive(fn) -> kinds.Linear:
+    """A sum or mean over axes: a linear map with non-negative coefficients (for direction sparsity)."""
+    return kinds.Linear(fn, structure="positive")
+
 def _var(n: NodeInfo, a, dtype=None):
     """An operand as a program variable: a tensor's own, a Python number as a constant."""
     if isinstance(a, In):
@@ -48,7 +53,7 @@ def _scaled(n, v, s, suffix):
     if s == 1:
         return v
     out = n.cap.var(v.shape, v.dtype)
-    _eq(n, kinds.Linear(lambda c: [c * s]), [v], [out], suffix)
+    _eq(n, kinds.Linear(lambda c: [c * s], structure="pointwise"), [v], [out], suffix)
     return out
 
 
@@ -87,14 +92,14 @@ def _where(n):
     cond, a, b = n.args[0], n.arg(1, "self"), n.arg(2, "other")
     dt = n.outs[0].dtype
     fn = lambda c, p, q: [broadcast_call(torch.where, [c, p, q])]  # noqa: E731
-    _eq(n, kinds.Linear(fn, (1, 2)), [_var(n, cond), _var(n, a, dt), _var(n, b, dt)])
+    _eq(n, kinds.Linear(fn, (1, 2), "pointwise"), [_var(n, cond), _var(n, a, dt), _var(n, b, dt)])
     return COMPOSED
 
 
 def _masked_fill(n):
     x, mask, v = n.args[0], n.args[1], n.arg(2, "value")
     fn = lambda c, m, p: [broadcast_call(torch.where, [m, p, c])]  # noqa: E731
-    _eq(n, kinds.Linear(fn, (0, 2)), [x.var, mask.var, _var(n, v, n.outs[0].dtype)])
+    _eq(n, kinds.Linear(fn, (0, 2), "pointwise"), [x.var, mask.var, _var(n, v, n.outs[0].dtype)])
     return COMPOSED
 
 
@@ -107,9 +112,9 @@ def _leaky_relu(n):
     x, a = n.args[0], float(n.arg(1, "negative_slope", 0.01))
     cond, ax = _tmp(n, dtype=torch.bool), _tmp(n)
     _eq(n, kinds.Zero(lambda c: [c.map(torch.gt, 0)]), [x.var], [cond], "[x>0]")
-    _eq(n, kinds.Linear(lambda c: [c * a]), [x.var], [ax], "[a·x]")
+    _eq(n, kinds.Linear(lambda c: [c * a], structure="pointwise"), [x.var], [ax], "[a·x]")
     fn = lambda c, p, q: [broadcast_call(torch.where, [c, p, q])]  # noqa: E731
-    _eq(n, kinds.Linear(fn, (1, 2)), [cond, x.var, ax])
+    _eq(n, kinds.Linear(fn, (1, 2), "pointwise"), [cond, x.var, ax])
     return COMPOSED
 
 
@@ -119,10 +124,10 @@ def _softplus(n):
     if beta == 1:
         return kinds.Elementwise(bcast(n), "softplus")
     bx, sp = _tmp(n), _tmp(n)  # softplus(β x) / β
-    _eq(n, kinds.Linear(lambda c: [c * beta]), [x.var], [bx], "[β·x]")
+    _eq(n, kinds.Linear(lambda c: [c * beta], structure="pointwise"), [x.var], [bx], "[β·x]")
     sp_fn = lambda c: [c.map(torch.nn.functional.softplus, 1, thr)]  # noqa: E731
     _eq(n, kinds.Elementwise(sp_fn, "softplus"), [bx], [sp], "[softplus]")
-    _eq(n, kinds.Linear(lambda c: [c * (1.0 / beta)]), [sp])
+    _eq(n, kinds.Linear(lambda c: [c * (1.0 / beta)], structure="pointwise"), [sp])
     return COMPOSED
 
 
@@ -140,7 +145,7 @@ def _pow_tensor(n):
         _eq(n, kinds.Bilinear(lambda p, q: [p * q], broadcasting=True), [b.var, la], [t], "[b·log a]")
     else:
         lc = math.log(a)
-        _eq(n, kinds.Linear(lambda c: [c * lc]), [b.var], [t], "[x·log c]")
+        _eq(n, kinds.Linear(lambda c: [c * lc], structure="pointwise"), [b.var], [t], "[x·log c]")
     _eq(n, kinds.Elementwise(lambda c: [c.map(torch.exp)], "exp"), [t])
     return COMPOSED
 
@@ -174,7 +179,7 @@ def _by_index(index_of, squeeze: bool):
             return [out.map(torch.squeeze, d, shape=values.shape) if squeeze and not keep else out]
 
         _eq(n, kinds.Zero(index_fn), [x.var], [indices], "[indices]")
-        _eq(n, kinds.Linear(take, (0,)), [x.var, indices], [values])
+        _eq(n, kinds.Linear(take, (0,), "positive"), [x.var, indices], [values])
         return COMPOSED
 
     return build
@@ -210,14 +215,14 @@ def _var_of(n, dims, correction, keepdim, out=None, suffix=""):
     m, dev, sq, s = n.cap.var(kshape, x.dtype), n.cap.var(x.shape, x.dtype), n.cap.var(x.shape, x.dtype), None
     s = n.cap.var(rshape, x.dtype)
     _eq(
-        n, kinds.Linear(lambda c: [c.map(torch.mean, lay, keepdim=True, shape=kshape)]), [x.var], [m], suffix + "[mean]"
+        n, _positive(lambda c: [c.map(torch.mean, lay, keepdim=True, shape=kshape)]), [x.var], [m], suffix + "[mean]"
     )
     _eq(n, kinds.Sum((1.0, -1.0), lambda a, b: [a - b]), [x.var, m], [dev], suffix + "[x−mean]")
     _eq(n, kinds.Bilinear(lambda p, q: [p * q], broadcasting=True), [dev, dev], [sq], suffix + "[²]")
-    _eq(n, kinds.Linear(lambda c: [c.map(torch.sum, lay, keepdim=keepdim, shape=rshape)]), [sq], [s], suffix + "[Σ]")
+    _eq(n, _positive(lambda c: [c.map(torch.sum, lay, keepdim=keepdim, shape=rshape)]), [sq], [s], suffix + "[Σ]")
     scale = 1.0 / (count - correction)
     out = out if out is not None else n.cap.var(rshape, x.dtype)
-    _eq(n, kinds.Linear(lambda c: [c * scale]), [s], [out], suffix)
+    _eq(n, kinds.Linear(lambda c: [c * scale], structure="pointwise"), [s], [out], suffix)
     return out
 
 
@@ -244,7 +249,7 @@ def _var_mean_rule(n):
     nd = len(x.shape)
     ds = sorted({d % nd for d in ([dims] if isinstance(dims, int) else dims)}) if dims else list(range(nd))
     lay, shape = tuple(d + 2 for d in ds), n.outs[1].shape
-    _eq(n, kinds.Linear(lambda c: [c.map(torch.mean, lay, keepdim=keep, shape=shape)]), [x.var], [n.outs[1]], "[mean]")
+    _eq(n, _positive(lambda c: [c.map(torch.mean, lay, keepdim=keep, shape=shape)]), [x.var], [n.outs[1]], "[mean]")
     return COMPOSED
 
 

@@ -28,6 +28,11 @@ def _trace(p, q):
     return [(p * q.map(torch.transpose, -1, -2)).map(torch.sum, (-2, -1), shape=p.shape[:-2])]
 
 
+def _diag_product(p, q):
+    """``diag(p q)`` over the last two axes, without the product: ``Σ_j p_ij q_ji``."""
+    return [(p * q.map(torch.transpose, -1, -2)).map(torch.sum, -1, shape=p.shape[:-1])]
+
+
 def _mm(p, q):
     lead = tuple(torch.broadcast_shapes(p.shape[:-2], q.shape[:-2]))
     return matmul_fn(lead + (p.shape[-2], q.shape[-1]))(p, q)
@@ -134,6 +139,6 @@ def _cholesky_parts(n):
 TABLE["linalg_cholesky_ex"] = _linalg("cholesky", 1, _cholesky_parts)
 TABLE["cholesky"] = _linalg("cholesky", 1, _cholesky_parts)
 TABLE["linalg_inv_ex"] = _linalg("inv", 1, lambda n: {"fn": _inv})
-TABLE["_linalg_slogdet"] = _linalg("slogdet", 2, lambda n: {"fn": _slogdet})
+TABLE["_linalg_slogdet"] = _linalg("slogdet", 2, lambda n: {"fn": _slogdet, "diag_product": _diag_product})
 TABLE["_linalg_det"] = _linalg("det", 1, lambda n: {"fn": lambda a: [a.map(torch.linalg.det)], "slogdet": _slogdet})
 TABLE["_linalg_solve_ex"] = _solve

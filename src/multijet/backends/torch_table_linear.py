@@ -30,7 +30,8 @@ def common_lead(cos):
 
 
 def _lin(fn, lin=(0,)):
-    return kinds.Linear(fn, lin)
+    """Views, slices, gathers, reductions (sum, mean), cumsum, copies: maps with non-negative coefficients."""
+    return kinds.Linear(fn, lin, "positive")
 
 
 def _reshape(n):
@@ -204,7 +205,7 @@ def _gather(n):
         c, i = common_lead([c, i])
         return [Co(c.E, c.E.call(torch.gather, c.node, d, i.node), c.b, c.r, shape)]
 
-    return kinds.Linear(fn, (0,))
+    return kinds.Linear(fn, (0,), "positive")
 
 
 def _index_select(n):
@@ -227,7 +228,7 @@ def _cat(n):
         p0 = parts[0]
         return [Co(p0.E, p0.E.call(torch.cat, [p.node for p in parts], d), p0.b, p0.r, shape)]
 
-    return kinds.Linear(fn, None)
+    return kinds.Linear(fn, None, "positive")
 
 
 def _stack(n):
@@ -240,7 +241,7 @@ def _stack(n):
         p0 = parts[0]
         return [Co(p0.E, p0.E.call(torch.cat, [p.node for p in parts], d), p0.b, p0.r, shape)]
 
-    return kinds.Linear(fn, None)
+    return kinds.Linear(fn, None, "positive")
 
 
 def _split(n):

@@ -80,6 +80,7 @@ class Context:
     wdot: Callable[[Any, Any], Any] | None = None
     backend: str = "?"
     weight0: Any = None  # an order-0 group's weight w (its total is w · f); None: ``wsum`` of the value
+    weights: Any = None  # the native weight vector (R,) behind ``wsum``; None: every weight is 1
 
     def __post_init__(self):
         self.tctx = taylor.JetContext(self.order, self.collapsed, self.wsum, self.wdot)

@@ -47,10 +47,15 @@ class Linear:
 
     ``linear`` lists the operands the map is jointly linear in (``None``: all). A structurally zero
     coefficient of a linear operand enters as zeros (the n-ary zero fill of concat, pad, select, updates).
+    ``structure`` tells direction sparsity (:mod:`multijet.engine.sparsity`) how elements flow:
+    ``pointwise`` (each output element from the operands' elements at its broadcast position: select),
+    ``positive`` (a map with non-negative coefficients given the other operands: reshapes, slices, gathers,
+    sums over axes, concatenation), ``opaque`` (anything else: taken as mixing every element).
     """
 
     fn: Callable
     linear: tuple[int, ...] | None = None
+    structure: str = "opaque"
     kind: str = field(default="linear", init=False)
 
 
@@ -129,6 +134,8 @@ class Linalg:
     lifted product ``p q`` of an inverse and the right-hand side (``solve``); ``slogdet(a)`` the lifted
     ``[sign, log|det|]`` (``det``); ``transpose(p)`` swaps the last two axes and ``phi(p)`` keeps the
     strictly lower triangle plus half the diagonal (``cholesky``, whose ``fn`` returns the lower factor).
+    ``diag_product(p, q)`` (optional) is the lifted ``diag(p q)`` over the last two axes (``Σ_j p_ij q_ji``):
+    the row-sparse ``slogdet`` of direction sparsity.
     """
 
     op: str
@@ -140,6 +147,7 @@ class Linalg:
     slogdet: Callable | None = None
     transpose: Callable | None = None
     phi: Callable | None = None
+    diag_product: Callable | None = None
     kind: str = field(default="linalg", init=False)
 
 

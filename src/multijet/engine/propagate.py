@@ -30,8 +30,13 @@ def primal(ctx: Context, eqn: Equation, x0s: list) -> list:
     return impl.fn(*x0s)
 
 
-def propagate(ctx: Context, program: Program, in_jets: list[list], schedule: Schedule | None = None) -> list[list]:
-    """Push the input jets through ``program``; returns the output jets."""
+def propagate(
+    ctx: Context, program: Program, in_jets: list[list], schedule: Schedule | None = None, sparse=None
+) -> list[list]:
+    """Push the input jets through ``program``; returns the output jets.
+
+    ``sparse`` (a :class:`~multijet.engine.sparse_run.SparseRun`): values its plan compresses carry ``b``
+    slots; an equation producing them runs in the slots' context, any other sees its operands expanded."""
     K = ctx.order
     if schedule is None:
         pats = [
@@ -48,18 +53,31 @@ def propagate(ctx: Context, program: Program, in_jets: list[list], schedule: Sch
     for i, eqn in enumerate(program.eqns):
         ins = [env[v] for v in eqn.ins]
         kind = eqn.kind
-        if kind in _SUBPROGRAM_KINDS:
+        rctx, outs = ctx, None
+        if sparse is not None:
+            rctx = sparse.context_for(eqn)
+            if rctx is ctx:
+                outs = sparse.structured(eqn, ins)
+                if outs is None:
+                    ins = [sparse.dense(j, v) for j, v in zip(ins, eqn.ins, strict=True)]
+        if outs is not None:
+            outs = [_fit(ctx, o, v) for o, v in zip(outs, eqn.outs, strict=True)]
+        elif kind in _SUBPROGRAM_KINDS:
             outs = RULES[kind](ctx, eqn, ins, schedule.subs[i])
         elif all(is_const(j) for j in ins) or not any(v.inexact for v in eqn.outs):
             outs = [const_jet(o, K) for o in primal(ctx, eqn, [j[0] for j in ins])]
         else:
-            outs = RULES[kind](ctx, eqn, ins)
-            outs = [_fit(ctx, o, v) for o, v in zip(outs, eqn.outs, strict=True)]
+            outs = RULES[kind](rctx, eqn, ins)
+            outs = [_fit(rctx, o, v) for o, v in zip(outs, eqn.outs, strict=True)]
         for v, jet in zip(eqn.outs, outs, strict=True):
             _check(eqn, v, jet, schedule)
             env[v] = jet
         for v in dead[i]:  # drop coefficients nothing reads any more (eager backends free them now)
             env.pop(v, None)
+            if sparse is not None:
+                sparse.forget(v)
+    if sparse is not None:
+        return [sparse.dense(env[v], v) for v in program.outvars]
     return [env[v] for v in program.outvars]
 
 

@@ -16,16 +16,19 @@ runs them: a Python loop, or ``lax.map``), summing the totals and joining the gr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from .. import taylor
 from .context import Context, Identity
+from .inline import inline_calls
 from .program import Program
 from .propagate import propagate
 from .schedule import Schedule, make_schedule
+from .sparse_run import SparseRun
+from .sparsity import SparsePlan, sparse_plan
 
 __all__ = [
     "GroupSpec",
@@ -54,6 +57,7 @@ class GroupSpec:
     blocks: int = 1  # direction blocks of ``R`` directions; the last one may be partial (or padded)
     size: int = 0  # all directions of the group (``R`` when ``blocks == 1``)
     unit: bool = False  # unit directions on fewer than half the axes: the backend seeds Identity(R, axes)
+    sparse: bool = False  # try direction sparsity (identity seed in one block, per-direction coefficients)
 
 
 def block_sizes(size: int, chunk: int | None) -> tuple[int, int]:
@@ -63,11 +67,15 @@ def block_sizes(size: int, chunk: int | None) -> tuple[int, int]:
     return chunk, -(-size // chunk)
 
 
-def group_specs(plan, method: str, return_grad: bool, direction_chunk: int | None = None) -> tuple[GroupSpec, ...]:
+def group_specs(
+    plan, method: str, return_grad: bool, direction_chunk: int | None = None, sparsity: bool | None = None
+) -> tuple[GroupSpec, ...]:
     """The plan's groups (plus a gradient group when no group yields the gradient).
 
     ``method="nested"`` gives standard specs without sharing (nested AD runs every group itself). Unit
     directions on at least half the axes run as the identity seed over all D (zero weight on the others).
+    ``sparsity``: None lets the cost model decide where direction sparsity pays (identity groups in one
+    block), False turns it off.
     """
     collapsed = method == "collapsed"
     share = method != "nested"
@@ -90,7 +98,14 @@ def group_specs(plan, method: str, return_grad: bool, direction_chunk: int | Non
     if return_grad and _gradient_group(out) is None:
         R, n = block_sizes(plan.dim, direction_chunk)
         out.append(GroupSpec(1, R, True, True, False, gradient_only=True, blocks=n, size=plan.dim))
+    if sparsity is not False and method != "nested":
+        out = [replace(s, sparse=True) if _sparse_candidate(s) else s for s in out]
     return tuple(out)
+
+
+def _sparse_candidate(s: GroupSpec) -> bool:
+    """Unit directions in order, in one block, with per-direction coefficients to compress."""
+    return s.identity and s.blocks == 1 and not s.served and (s.order >= 2 or (s.order == 1 and not s.collapsed))
 
 
 def group_weights(plan, i: int, spec: GroupSpec):
@@ -144,8 +159,25 @@ def schedule_for(program: Program, spec: GroupSpec) -> Schedule:
 
 
 def schedule_text(program: Program, specs: tuple[GroupSpec, ...]) -> str:
-    """The printed schedule of every propagated group (a served group is read off its host's, not propagated)."""
-    return "\n".join(str(schedule_for(program, s)) for s in specs if not s.served)
+    """The printed schedule of every propagated group (a served group is read off its host's, not propagated),
+    with where direction sparsity was kept and dropped (for groups that have run)."""
+    parts = []
+    for s in specs:
+        if s.served:
+            continue
+        if not s.sparse:
+            parts.append(str(schedule_for(program, s)))
+            continue
+        inlined = inline_calls(program)
+        plans = inlined.__dict__.get("_sparse_plans", {})
+        plan = next((p for (R, order, _), p in plans.items() if (R, order) == (s.R, s.order)), "?")
+        if plan == "?":
+            parts.append(str(schedule_for(program, s)) + "\ndirection sparsity: not analysed yet (runs on first call)")
+        elif plan is None:
+            parts.append(str(schedule_for(program, s)) + "\ndirection sparsity: dropped (dense is as cheap)")
+        else:
+            parts.append(str(schedule_for(inlined, s)) + "\n" + plan.describe())
+    return "\n".join(parts)
 
 
 Loop = Callable[[Callable[..., tuple], GroupSpec], tuple]
@@ -176,8 +208,14 @@ def evaluate(
 
         def block(*b, i=i, spec=spec):
             ctx, x0, V = group_inputs(i, spec, *b)
-            jet = _seed(ctx, spec, x0, V, xvar)
-            (out,) = propagate(ctx, program, [jet], schedule_for(program, spec))
+            sp = _sparse(program, spec, ctx)
+            if sp is None:
+                jet = _seed(ctx, spec, x0, V, xvar)
+                (out,) = propagate(ctx, program, [jet], schedule_for(program, spec))
+            else:
+                run = SparseRun(sp, ctx)
+                seed = run.seed(x0, sp.program.invars[0])
+                (out,) = propagate(ctx, sp.program, [seed], schedule_for(sp.program, spec), run)
             out = ctx.materialize(out, xvar)  # f = identity: the seed itself
             t = None if spec.gradient_only else _top_sum(ctx, out)
             for j, k in spec.reads:
@@ -199,6 +237,14 @@ def evaluate(
         if spec.served and spec.order == 0:
             total = _add(total, _top_sum(group_inputs(j, spec)[0], [value]))
     return value, total, grad
+
+
+def _sparse(program: Program, spec: GroupSpec, ctx: Context) -> SparsePlan | None:
+    """The group's sparse plan when its spec asks for one and the cost model finds it pays (else None)."""
+    layout = ctx.layout
+    if not spec.sparse or not hasattr(layout, "probe"):
+        return None
+    return sparse_plan(inline_calls(program), spec.R, layout.probe, layout.concrete, spec.order)
 
 
 def python_loop(concat: Callable[[list], Any]) -> Loop:

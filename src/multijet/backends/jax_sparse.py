@@ -1,0 +1,61 @@
+"""JAX's operations for direction sparsity (:mod:`multijet.engine.sparsity`): eager probes of the captured
+primitives, compressed seeds and weights, and the expansion of ``b`` slots to all ``R`` directions.
+
+Per-direction coefficients are ``(R, *shape)`` per point (points are vmapped outside), compressed ones
+``(b, *shape)``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..engine.program import Var
+
+__all__ = ["SparseOps"]
+
+
+class SparseOps:
+    """Mixed into the JAX :class:`~multijet.backends.jax.Layout`."""
+
+    @staticmethod
+    def probe(fn, arrays: list, lead: list[bool]) -> list[np.ndarray]:
+        """``fn`` evaluated now (also inside a trace) on NumPy arrays; a leading probe axis rides as the
+        direction axis (the lifted callables map over it)."""
+        with jax.ensure_compile_time_eval():
+            out = fn(*[jnp.asarray(a) for a in arrays])
+            return [np.asarray(o) for o in out]
+
+    @staticmethod
+    def concrete(value):
+        """A constant's value as a NumPy array, or None for a traced one (a parameter under ``jax.grad``)."""
+        try:
+            return np.asarray(value)
+        except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError, TypeError):
+            return None
+
+    @staticmethod
+    def per_direction_const(a: np.ndarray, var: Var):
+        return jnp.asarray(a, dtype=var.dtype)
+
+    @staticmethod
+    def direction_sum(c):
+        return jnp.sum(c, axis=0)
+
+    @staticmethod
+    def sum_last(c):
+        """``Σ`` over the last point axis."""
+        return jnp.sum(c, axis=-1)
+
+    @staticmethod
+    def gather_weights(w, index: np.ndarray):
+        """``w[index]`` with index ``len(w)`` a zero weight."""
+        return jnp.take(jnp.concatenate([w, jnp.zeros((1,), w.dtype)]), jnp.asarray(index), axis=0)
+
+    @staticmethod
+    def expand(c, index: np.ndarray, var: Var):
+        """``out[r, e] = c[index[r, e], e]`` with ``index = b`` a zero: the compressed slots at their directions."""
+        c = jnp.broadcast_to(c, (c.shape[0],) + var.shape)
+        padded = jnp.concatenate([c, jnp.zeros((1,) + var.shape, c.dtype)], axis=0)
+        return jnp.take_along_axis(padded, jnp.asarray(index), axis=0)

@@ -1,0 +1,52 @@
+"""The NumPy reference's operations for direction sparsity (:mod:`multijet.engine.sparsity`): eager probes,
+compressed seeds and weights, and the expansion of ``b`` slots to all ``R`` directions.
+
+Coefficients are ``(N | 1, R | 1, *shape)``; compressed per-direction ones ``(N | 1, b, *shape)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..engine.program import Var
+from .numpy_tracer import is_tracer
+
+__all__ = ["SparseOps"]
+
+
+class SparseOps:
+    """Mixed into the NumPy :class:`~multijet.backends.numpy.Layout`."""
+
+    @staticmethod
+    def probe(fn, arrays: list, lead: list[bool]) -> list[np.ndarray]:
+        """``fn`` on NumPy arrays given leading axes ``(1, probe)`` or ``(1, 1)``; returns them without."""
+        outs = fn(*[np.asarray(a)[None] if d else np.asarray(a)[None, None] for a, d in zip(arrays, lead, strict=True)])
+        return [np.asarray(o)[0] if any(lead) else np.asarray(o)[0, 0] for o in outs]
+
+    @staticmethod
+    def concrete(value):
+        return None if is_tracer(value) else np.asarray(value)
+
+    @staticmethod
+    def per_direction_const(a: np.ndarray, var: Var):
+        return np.asarray(a, dtype=var.dtype)[None]
+
+    @staticmethod
+    def direction_sum(c):
+        return np.sum(c, axis=1, keepdims=True)
+
+    @staticmethod
+    def sum_last(c):
+        """``Σ`` over the last point axis."""
+        return np.sum(c, axis=-1)
+
+    @staticmethod
+    def gather_weights(w, index: np.ndarray):
+        return np.concatenate([np.asarray(w), np.zeros(1, np.asarray(w).dtype)])[index][None]
+
+    @staticmethod
+    def expand(c, index: np.ndarray, var: Var):
+        c = np.broadcast_to(c, c.shape[:2] + var.shape)
+        padded = np.concatenate([c, np.zeros((c.shape[0], 1) + var.shape, c.dtype)], axis=1)
+        idx = np.broadcast_to(index[None], (c.shape[0],) + index.shape)
+        return np.take_along_axis(padded, idx, axis=1)

@@ -1,0 +1,104 @@
+"""Running a :class:`~multijet.engine.sparsity.SparsePlan`: the slots' context of a compressed equation and
+the expansion of compressed coefficients where propagation turns dense.
+
+The backend's layout supplies ``direction_sum`` (``Σ`` over the direction axis), ``gather_weights(w, index)``
+(``w[index]``, index ``len(w)`` a zero weight), ``expand(c, index, var)`` (slots to directions) and
+``per_direction_const`` (a NumPy array as a per-direction coefficient).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .context import Context
+from .program import Equation, Var
+from .sparsity import SparsePlan, row_slogdet
+
+__all__ = ["SparseRun"]
+
+
+class SparseRun:
+    """One group's propagation over a sparse plan (``ctx``: the group's dense context)."""
+
+    def __init__(self, plan: SparsePlan, ctx: Context):
+        self.plan, self.ctx = plan, ctx
+        self._contexts: dict = {}
+        self._dense: dict[Var, list] = {}
+
+    def seed(self, x0, xvar: Var) -> list:
+        """The compressed input jet ``(x_0, slots of e_1 … e_R, 0, …)``."""
+        jet: list[Any] = [x0] + [None] * self.ctx.order
+        jet[1] = self.ctx.layout.per_direction_const(self.plan.seed(xvar), xvar)
+        return jet
+
+    def context_for(self, eqn: Equation) -> Context:
+        """The slots' context when ``eqn``'s outputs are compressed (``Σ_s w_{βb+s}`` per element), else the
+        group's."""
+        outs = [v for v in eqn.outs if self.plan.is_compressed(v)]
+        if not outs:
+            return self.ctx
+        return self._slot_context(self.plan.patterns[outs[0]])
+
+    def _slot_context(self, p) -> Context:
+        """The context of compressed values of pattern ``p`` (one per pattern when the weights differ)."""
+        key = None if self.ctx.weights is None else (p.shape, p.tobytes())
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = self._contexts[key] = self._new_slot_context(p)
+        return ctx
+
+    def _new_slot_context(self, p) -> Context:
+        layout, g = self.ctx.layout, self.ctx
+        if g.weights is None:
+            wsum = layout.direction_sum
+        else:
+            W = layout.gather_weights(g.weights, self.plan.weight_index(p))
+
+            def wsum(c, W=W):
+                return layout.direction_sum(c * W)
+
+        return Context(g.order, g.collapsed, self.plan.b, layout, wsum, None, g.backend)
+
+    def structured(self, eqn: Equation, ins: list[list]) -> list[list] | None:
+        """A dense-output equation with a structured rule on its compressed operands, or None.
+
+        ``slogdet`` of a matrix whose rows each lie in one block (a determinant of per-particle orbitals),
+        collapsed order 2: with ``Y_0 = A_0⁻¹`` and ``ℓ_r = diag(A_{1,r} Y_0)`` (one row per direction),
+        ``L_{1,r} = Σ_i ℓ_{r,i}`` and, since ``A_{1,r}`` has one non-zero row, ``tr(Y_0 A_{1,r} Y_0 A_{1,r}) =
+        Σ_i ℓ_{r,i}²``, so ``S_2(L) = tr(Y_0 S_2(A)) − Σ_r w_r Σ_i ℓ_{r,i}²``: ``b`` slots per row, never R×n×n."""
+        ctx = self.ctx
+        if not (ctx.collapsed and row_slogdet(eqn, ctx.order)):
+            return None
+        avar = eqn.ins[0]
+        rows = self.plan.row_blocks(avar)
+        if rows is None:
+            return None
+        impl, layout = eqn.impl, ctx.layout
+        a0, a1, a2 = ins[0]
+        sign, l0 = impl.fn(a0)
+        if a1 is None:
+            return None
+        y0 = impl.inv(a0)[0]
+        ell = impl.diag_product(a1, y0)[0]  # (b, …, n): slot s of row i is direction β_i b + s
+        row_var = Var(rows.shape, avar.dtype)
+        l1 = layout.sum_last(layout.expand(ell, self.plan.expand_index(rows), row_var))
+        mixed = layout.sum_last(self._slot_context(rows).wsum(ell * ell))
+        l2 = -mixed if a2 is None else impl.trace(y0, a2)[0] - mixed
+        return [[sign, None, None], [l0, l1, l2]]
+
+    def dense(self, jet: list, var: Var) -> list:
+        """``jet`` with its compressed per-direction coefficients expanded to all R directions (once per value)."""
+        if not self.plan.is_compressed(var):
+            return jet
+        out = self._dense.get(var)
+        if out is None:
+            index = self.plan.expand_index(var)
+            layout, ctx = self.ctx.layout, self.ctx
+            out = [
+                c if c is None or not ctx.per_direction(k) else layout.expand(c, index, var) for k, c in enumerate(jet)
+            ]
+            self._dense[var] = out
+        return out
+
+    def forget(self, var: Var) -> None:
+        self._dense.pop(var, None)

@@ -1,0 +1,340 @@
+"""Direction sparsity: which block of input directions each element of a value can depend on.
+
+The input directions are grouped into blocks of ``b`` consecutive directions; block ``β`` is seeded only on
+the input elements ``β·b … β·b + b − 1`` (unit directions ``e_1 … e_D`` grouped by particle: ``b = 3`` for
+positions in 3-D). The *pattern* of a value is an integer array over its point shape: ``NONE`` (−1, no
+direction reaches the element), a block ``β ≥ 0`` (only the directions of block ``β``), or ``DENSE`` (−2,
+several blocks). It is computed once per program by abstract interpretation, from the kinds:
+
+* pointwise kinds (sums, elementwise functions, broadcasting products, ``where``) unite their operands'
+  patterns position by position: equal blocks stay, different blocks give ``DENSE``;
+* maps with non-negative coefficients (reshapes, transposes, slices, gathers by known indices, sums over
+  axes, and ``B(·, 1)`` of a contraction) are *applied* to probes of the pattern: with ``c = [β ≥ 0]``,
+  ``m₁ = (β+1)·c``, ``m₂ = (β+1)²·c`` pushed through the map, an output element depends on one block exactly
+  when ``m₂·c = m₁²`` (equality in Cauchy–Schwarz), the block being ``m₁/c − 1``;
+* everything else (linear algebra, generic rules, loops) is ``DENSE`` wherever an operand has a direction.
+
+A value whose pattern has no ``DENSE`` element is stored *compressed*: its per-direction coefficients carry
+``b`` slots instead of ``R`` directions, slot ``s`` of an element in block ``β`` standing for direction
+``β·b + s`` (zero on ``NONE`` elements). Every operand element that reaches an output element of a
+compressed equation lies in the output element's block or is zero, so the shared rules run unchanged on
+the slots; the weighted sum ``Σ_r w_r`` becomes ``Σ_s w_{β b + s}`` per element. Where the pattern fills up,
+the operands are expanded to all ``R`` directions (a gather) and propagation continues densely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .program import Equation, Program, Var
+
+__all__ = ["NONE", "DENSE", "SparsePlan", "sparse_plan", "analyse", "unite", "row_blocks", "BLOCK_CANDIDATES"]
+
+NONE, DENSE = -1, -2
+
+#: block sizes tried for unit directions (directions per particle); the cost model picks among them
+BLOCK_CANDIDATES = (2, 3, 4, 5, 6, 8)
+
+Probe = Callable[..., list]  # probe(fn, arrays, lead) -> numpy arrays (the backend's eager evaluation)
+
+
+def unite(patterns: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """Position by position (broadcasting): ``NONE`` ∪ p = p, β ∪ β = β, anything else ``DENSE``."""
+    out = np.full(shape, NONE, dtype=np.int64)
+    for p in patterns:
+        p = np.broadcast_to(p, shape)
+        out = np.where(out == NONE, p, np.where((p == NONE) | (p == out), out, DENSE))
+    return out
+
+
+def _stats(p: np.ndarray) -> np.ndarray:
+    """The probes ``[c, m₁, m₂, dense]`` of a pattern, stacked on a leading axis of size 4."""
+    has = p >= 0
+    m1 = np.where(has, p + 1, 0).astype(np.float64)
+    return np.stack([has.astype(np.float64), m1, m1 * m1, (p == DENSE).astype(np.float64)])
+
+
+def _from_stats(st: np.ndarray) -> np.ndarray:
+    """The pattern of an output from its pushed probes (see the module doc)."""
+    st = np.asarray(st, dtype=np.float64)
+    c, m1, m2, dense = st
+    out = np.full(c.shape, NONE, dtype=np.int64)
+    has = c > 0
+    one = has & (np.abs(m2 * c - m1 * m1) <= 1e-9 * m1 * m1) & (c < 2.0**40)
+    block = np.rint(np.divide(m1, c, out=np.ones_like(m1), where=has)) - 1
+    out[one] = block[one].astype(np.int64)
+    out[has & ~one] = DENSE
+    out[(dense != 0) | ~np.isfinite(dense) | (c < 0)] = DENSE
+    return out
+
+
+@dataclass
+class _Why:
+    """Where sparsity was dropped: the equation and why."""
+
+    eqn: Equation
+    reason: str
+
+
+@dataclass
+class SparsePlan:
+    """The direction-sparsity annotation of one (inlined) program for blocks of ``b`` of ``R`` directions."""
+
+    program: Program
+    b: int
+    R: int
+    patterns: dict[Var, np.ndarray]
+    compressed: set = field(default_factory=set)  # values stored with b slots
+    dropped: list[_Why] = field(default_factory=list)
+    cost: float = 0.0  # per-direction array elements propagated (expansions included)
+    dense_cost: float = 0.0
+
+    def is_compressed(self, v: Var) -> bool:
+        return v in self.compressed
+
+    def expand_index(self, v: Var | np.ndarray) -> np.ndarray:
+        """``(R, *shape)`` slot of direction ``r`` at each element (``b``: not its block, zero)."""
+        p = self.patterns[v] if isinstance(v, Var) else v
+        r = np.arange(self.R).reshape((self.R,) + (1,) * p.ndim)
+        slot = r - self.b * p[None]
+        return np.where((p[None] >= 0) & (slot >= 0) & (slot < self.b), slot, self.b)
+
+    def weight_index(self, v: Var | np.ndarray) -> np.ndarray:
+        """``(b, *shape)`` direction of each slot (``R``, a zero weight, where the element has no block)."""
+        p = self.patterns[v] if isinstance(v, Var) else v
+        s = np.arange(self.b).reshape((self.b,) + (1,) * p.ndim)
+        return np.where(p[None] >= 0, self.b * p[None] + s, self.R)
+
+    def row_blocks(self, v: Var) -> np.ndarray | None:
+        """For a compressed matrix (batch) whose rows each lie in one block, distinct within a matrix: the
+        rows' blocks ``(…, n)``; else None."""
+        return row_blocks(self.patterns[v]) if v in self.compressed else None
+
+    def seed(self, v: Var) -> np.ndarray:
+        """The compressed unit seed ``(b, D)``: slot ``s`` of element ``a`` is 1 where ``s = a mod b``."""
+        (D,) = v.shape
+        return (np.arange(self.b)[:, None] == (np.arange(D) % self.b)[None, :]).astype(np.float64)
+
+    def describe(self) -> str:
+        n_vals = sum(1 for v, p in self.patterns.items() if (p != NONE).any())
+        lines = [
+            f"direction sparsity: blocks of b={self.b} of R={self.R} directions; {len(self.compressed)} of "
+            f"{n_vals} values with directions carried compressed (b slots instead of R); "
+            f"cost {self.cost:.3g} against {self.dense_cost:.3g} dense (per-direction array elements)"
+        ]
+        kept = [v.name for v in self.patterns if v in self.compressed]
+        if kept:
+            lines.append(f"  kept ({self.b} slots): {', '.join(kept)}")
+        for why in self.dropped:
+            outs = ", ".join(v.name for v in why.eqn.outs)
+            lines.append(f"  dense from {why.eqn.prim} -> {outs}: {why.reason}")
+        return "\n".join(lines)
+
+
+def row_blocks(p: np.ndarray) -> np.ndarray | None:
+    """The blocks of the rows of a pattern of matrices ``(…, n, m)`` when every row lies in one block (or none)
+    and no two rows of a matrix share one (a determinant's rows, one per particle); else None."""
+    if p.ndim < 2 or p.shape[-1] == 0 or not (p == p[..., :1]).all():
+        return None
+    rows = p[..., 0]
+    flat = rows.reshape(-1, rows.shape[-1])
+    for r in flat:
+        r = r[r >= 0]
+        if len(np.unique(r)) != len(r):
+            return None
+    return rows
+
+
+def _size(v: Var) -> int:
+    return int(np.prod(v.shape, dtype=np.int64))
+
+
+def analyse(program: Program, in_pattern: np.ndarray, probe: Probe, concrete: Callable[[Any], Any]):
+    """The pattern of every value of ``program`` (calls inlined), its input having ``in_pattern``.
+
+    ``probe(fn, arrays, lead)`` evaluates a kind's native callable eagerly on NumPy arrays (``lead[i]``:
+    array ``i`` has a leading probe axis) and returns NumPy arrays; ``concrete(value)`` is a constant's
+    value as a NumPy array, or None when it is not known (a traced parameter). Returns the patterns and, by
+    equation index, why an equation's output went dense."""
+    (xvar,) = program.invars
+    pats: dict[Var, np.ndarray] = {xvar: np.asarray(in_pattern, dtype=np.int64)}
+    known: dict[Var, np.ndarray] = {}
+    for v, value in program.consts.items():
+        pats[v] = np.full(v.shape, NONE, dtype=np.int64)
+        c = concrete(value)
+        if c is not None:
+            known[v] = c
+    why: dict[int, str] = {}
+    for i, eqn in enumerate(program.eqns):
+        ins = [pats[v] for v in eqn.ins]
+        if all((p == NONE).all() for p in ins):
+            outs = [np.full(v.shape, NONE, dtype=np.int64) for v in eqn.outs]
+            _fold(eqn, known, probe)
+        elif all((p == DENSE).all() or (p == NONE).all() for p in ins):  # dense in, dense out: nothing to probe
+            outs = [np.full(v.shape, DENSE if v.inexact else NONE, dtype=np.int64) for v in eqn.outs]
+        else:
+            try:
+                outs, reason = _transfer(eqn, ins, known, probe)
+            except Exception as e:  # a probe the native callable refuses (e.g. complex-only ops): dense
+                outs, reason = None, f"not analysed ({type(e).__name__})"
+            if outs is None:
+                outs = [np.full(v.shape, DENSE, dtype=np.int64) for v in eqn.outs]
+            if reason:
+                why[i] = reason
+        for v, p in zip(eqn.outs, outs, strict=True):
+            pats[v] = np.broadcast_to(p, v.shape) if v.inexact else np.full(v.shape, NONE, dtype=np.int64)
+    return pats, why
+
+
+def _fold(eqn: Equation, known: dict, probe: Probe) -> None:
+    """A direction-free equation on known values: its outputs become known (indices computed from constants)."""
+    if eqn.kind in ("generic", "scan", "while", "cond", "call") or not all(v in known for v in eqn.ins):
+        return
+    if sum(_size(v) for v in eqn.outs) > 1 << 20:
+        return
+    try:
+        res = probe(eqn.impl.fn, [known[v] for v in eqn.ins], [False] * len(eqn.ins))
+    except Exception:
+        return
+    for v, r in zip(eqn.outs, res, strict=True):
+        known[v] = np.asarray(r)
+
+
+def _transfer(eqn: Equation, ins: list[np.ndarray], known: dict, probe: Probe):
+    """``(output patterns or None for all-dense, reason it went dense or "")``."""
+    kind = eqn.kind
+    impl = eqn.impl
+    outs = eqn.outs
+    shape = outs[0].shape
+    if kind == "zero":
+        return [np.full(v.shape, NONE, dtype=np.int64) for v in outs], ""
+    if kind in ("sum", "divide") or (kind == "bilinear" and impl.broadcasting):
+        return _checked([unite(ins, shape)], "")
+    if kind == "elementwise":
+        return _checked([unite(ins[:1], shape)], "")
+    if kind == "selection":
+        rest = [np.full(v.shape, NONE, dtype=np.int64) for v in outs[1:]]
+        if impl.rule in ("max", "min", "clamp"):
+            return _checked([unite(ins, shape)] + rest, "")
+        if impl.rule in ("reduce_max", "reduce_min") and impl.reduce is not None:
+            (st,) = probe(impl.reduce, [_stats(ins[0])], [True])
+            return _checked([_from_stats(st)] + rest, "")
+        return None, f"{impl.rule} moves elements by the data"
+    if kind == "linear":
+        lin = list(range(len(ins))) if impl.linear is None else list(impl.linear)
+        structure = getattr(impl, "structure", "opaque")
+        if structure == "pointwise":
+            return _checked([unite([ins[i] for i in lin], v.shape) for v in outs], "")
+        if structure != "positive":
+            return None, "a linear map whose structure is not known"
+        args, lead = [], []
+        for i, (v, p) in enumerate(zip(eqn.ins, ins, strict=True)):
+            if i in lin:
+                args.append(_stats(p))
+                lead.append(True)
+            elif v in known:
+                args.append(known[v])
+                lead.append(False)
+            else:
+                return None, "its indices are computed from the input"
+        res = probe(impl.fn, args, lead)
+        return _checked([_from_stats(np.broadcast_to(r, (4,) + v.shape)) for r, v in zip(res, outs, strict=True)], "")
+    if kind == "bilinear":  # a contraction: B(p, 1) + B(1, q) has the support of B(a, b)
+        total = 0.0
+        for side in (0, 1):
+            if (ins[side] == NONE).all():
+                continue
+            ones = np.ones(eqn.ins[1 - side].shape)
+            args = [_stats(ins[0]), ones] if side == 0 else [ones, _stats(ins[1])]
+            (r,) = probe(impl.fn, args, [side == 0, side == 1])
+            total = total + np.broadcast_to(np.asarray(r, dtype=np.float64), (4,) + shape)
+        return _checked([_from_stats(total)], "")
+    names = {"linalg": "linear algebra", "generic": "the generic rule", "scan": "a loop", "while": "a loop",
+             "cond": "a branch", "call": "a call"}  # fmt: skip
+    return None, f"{names.get(kind, kind)} mixes its operand's elements"
+
+
+def _checked(outs: list[np.ndarray], reason: str):
+    if reason == "" and any((p == DENSE).any() for p in outs):
+        return outs, "several blocks meet here"
+    return outs, reason
+
+
+def row_slogdet(eqn: Equation, order: int) -> bool:
+    """A ``slogdet`` the row-sparse rule serves (collapsed order 2, the backend gives ``diag(p q)``)."""
+    return (
+        eqn.kind == "linalg" and eqn.impl.op == "slogdet" and order == 2
+        and getattr(eqn.impl, "diag_product", None) is not None
+    )  # fmt: skip
+
+
+# --- the plan: which values are compressed, for which block size ------------------------------------------------
+
+
+def sparse_plan(program: Program, R: int, probe: Probe, concrete: Callable, order: int,
+                candidates: tuple[int, ...] = BLOCK_CANDIDATES) -> SparsePlan | None:  # fmt: skip
+    """The cheapest block size for unit directions ``e_1 … e_R`` on ``program``'s input (None: dense is as
+    cheap). ``program`` must have its calls inlined. Cached on the program per ``(R, order)``."""
+    cache = program.__dict__.setdefault("_sparse_plans", {})
+    key = (R, order, candidates)
+    if key in cache:
+        return cache[key]
+    (xvar,) = program.invars
+    best = None
+    for b in candidates:
+        if b >= R or R % b or xvar.shape != (R,):
+            continue
+        pats, why = analyse(program, np.arange(R) // b, probe, concrete)
+        plan = _choose(program, pats, why, b, R, order)
+        if best is None or plan.cost < best.cost:
+            best = plan
+    if best is not None and not best.cost < 0.8 * best.dense_cost:
+        best = None
+    cache[key] = best
+    return best
+
+
+def _choose(program: Program, pats: dict, why: dict, b: int, R: int, order: int) -> SparsePlan:
+    """Compress every value whose pattern has no ``DENSE`` element and whose equation's operands are
+    compressed (or carry no direction); count the cost in per-direction array elements."""
+    plan = SparsePlan(program, b, R, pats)
+    (xvar,) = program.invars
+    plan.compressed.add(xvar)
+    per_dir = max(order - 1, 1)  # per-direction coefficients x_1 … x_{K−1} of a collapsed jet
+    cost = dense = b * _size(xvar) * per_dir
+    dense += R * _size(xvar) * per_dir
+    expanded: set = set()
+    for i, eqn in enumerate(program.eqns):
+        outs = [v for v in eqn.outs if v.inexact and (pats[v] != NONE).any()]
+        if not outs:
+            continue
+        ins = [v for v in eqn.ins if (pats[v] != NONE).any()]
+        ok = (
+            eqn.kind not in ("scan", "while", "cond", "call", "generic", "linalg")
+            and all((pats[v] != DENSE).all() for v in outs)
+            and all(v in plan.compressed for v in ins)
+            and all(np.array_equal(pats[v], pats[outs[0]]) for v in outs[1:])
+        )
+        size = sum(_size(v) for v in outs) * per_dir
+        dense += R * size
+        if ok:
+            plan.compressed.update(outs)
+            cost += b * size
+            continue
+        cost += R * size
+        if row_slogdet(eqn, order) and plan.row_blocks(eqn.ins[0]) is not None:
+            cost += (R + b) * _size(eqn.ins[0]) // max(eqn.ins[0].shape[-1], 1) * per_dir  # diag(A_1 Y_0), per row
+            plan.dropped.append(_Why(eqn, "several blocks meet here (row-sparse slogdet: one row per block)"))
+            continue
+        for v in ins:
+            if v in plan.compressed and v not in expanded:
+                expanded.add(v)
+                cost += R * _size(v) * per_dir
+        if any(v in plan.compressed for v in ins):
+            plan.dropped.append(_Why(eqn, why.get(i) or "an operand is dense"))
+    plan.cost, plan.dense_cost = float(cost), float(dense)
+    return plan
