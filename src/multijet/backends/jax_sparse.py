@@ -54,6 +54,14 @@ class SparseOps:
         return jnp.take(jnp.concatenate([w, jnp.zeros((1,), w.dtype)]), jnp.asarray(index), axis=0)
 
     @staticmethod
+    def resize_slots(c, k: int, var: Var):
+        """The first ``k`` slots of ``c`` (zeros appended when it has fewer)."""
+        n = c.shape[0]
+        if n >= k:
+            return c[:k]
+        return jnp.concatenate([c, jnp.zeros((k - n,) + c.shape[1:], c.dtype)], axis=0)
+
+    @staticmethod
     def expand(c, index: np.ndarray, var: Var):
         """``out[r, e] = c[index[r, e], e]`` with ``index = b`` a zero: the compressed slots at their directions."""
         c = jnp.broadcast_to(c, (c.shape[0],) + var.shape)

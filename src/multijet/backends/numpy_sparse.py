@@ -45,6 +45,14 @@ class SparseOps:
         return np.concatenate([np.asarray(w), np.zeros(1, np.asarray(w).dtype)])[index][None]
 
     @staticmethod
+    def resize_slots(c, k: int, var: Var):
+        """The first ``k`` slots of ``c`` (zeros appended when it has fewer)."""
+        n = c.shape[1]
+        if n >= k:
+            return c[:, :k]
+        return np.concatenate([c, np.zeros((c.shape[0], k - n) + c.shape[2:], c.dtype)], axis=1)
+
+    @staticmethod
     def expand(c, index: np.ndarray, var: Var):
         c = np.broadcast_to(c, c.shape[:2] + var.shape)
         padded = np.concatenate([c, np.zeros((c.shape[0], 1) + var.shape, c.dtype)], axis=1)

@@ -78,6 +78,14 @@ class SparseOps:
         node = E.call(torch.take, E.call(torch.cat, [w, zero]), idx)
         return Co(E, E.call(torch.unsqueeze, node, 0), False, index.shape[0], index.shape[1:])
 
+    def resize_slots(self, c: Co, k: int, var: Var) -> Co:
+        """The first ``k`` slots of ``c`` (zeros appended when it has fewer)."""
+        E = self.E
+        if c.r >= k:
+            return Co(E, E.call(torch.narrow, c.node, 1, 0, k), c.b, k, c.shape)
+        zeros = E.call(torch.zeros, [E.N if c.b else 1, k - c.r, *c.shape], dtype=var.dtype, device=E.device)
+        return Co(E, E.call(torch.cat, [c.node, zeros], 1), c.b, k, c.shape)
+
     def expand(self, c: Co, index: np.ndarray, var: Var) -> Co:
         E = self.E
         c = E.fit(c, var.shape)

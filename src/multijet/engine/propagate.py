@@ -56,7 +56,9 @@ def propagate(
         rctx, outs = ctx, None
         if sparse is not None:
             rctx = sparse.context_for(eqn)
-            if rctx is ctx:
+            if rctx is not ctx:
+                ins = sparse.align(eqn, ins)
+            else:
                 outs = sparse.structured(eqn, ins)
                 if outs is None:
                     ins = [sparse.dense(j, v) for j, v in zip(ins, eqn.ins, strict=True)]

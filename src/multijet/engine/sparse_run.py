@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .context import Context
 from .program import Equation, Var
-from .sparsity import SparsePlan, row_slogdet
+from .sparsity import SparsePlan, pointwise, row_slogdet
 
 __all__ = ["SparseRun"]
 
@@ -57,7 +59,44 @@ class SparseRun:
             def wsum(c, W=W):
                 return layout.direction_sum(c * W)
 
-        return Context(g.order, g.collapsed, self.plan.b, layout, wsum, None, g.backend)
+        return Context(g.order, g.collapsed, self.plan.slots(p), layout, wsum, None, g.backend)
+
+    def align(self, eqn: Equation, ins: list[list]) -> list[list]:
+        """The operands of a compressed equation in its output's slot layout: a pointwise equation gathers
+        each operand's slots where its sets (or slot count) differ from the output's; any other reads only
+        elements of the output's own sets, so an operand is cut or zero-padded to the output's slot count."""
+        out = next(v for v in eqn.outs if self.plan.is_compressed(v))
+        p_out, k_out = self.plan.patterns[out], self.plan.slots(out)
+        layout, ctx = self.ctx.layout, self.ctx
+        point = pointwise(eqn)
+        res = []
+        for jet, v in zip(ins, eqn.ins, strict=True):
+            if not self.plan.is_compressed(v) or all(c is None for c in jet[1:]):
+                res.append(jet)
+                continue
+            if point:
+                p_in = np.broadcast_to(self.plan.patterns[v], p_out.shape)
+                index = self.plan.align_index(p_in, p_out)
+                if index is None:
+                    res.append(jet)
+                    continue
+                full = Var(out.shape, v.dtype)
+
+                def move(c, v=v, index=index, full=full):
+                    if v.ndim < full.ndim:
+                        c = layout.align(c, v.ndim, full.ndim)
+                    return layout.expand(c, index, full)
+
+            else:
+                if self.plan.slots(v) == k_out:
+                    res.append(jet)
+                    continue
+
+                def move(c, v=v):
+                    return layout.resize_slots(c, k_out, v)
+
+            res.append([c if c is None or k == 0 or not ctx.per_direction(k) else move(c) for k, c in enumerate(jet)])
+        return res
 
     def structured(self, eqn: Equation, ins: list[list]) -> list[list] | None:
         """A dense-output equation with a structured rule on its compressed operands, or None.

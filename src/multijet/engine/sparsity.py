@@ -3,22 +3,24 @@
 The input directions are grouped into blocks of ``b`` consecutive directions; block ``β`` is seeded only on
 the input elements ``β·b … β·b + b − 1`` (unit directions ``e_1 … e_D`` grouped by particle: ``b = 3`` for
 positions in 3-D). The *pattern* of a value is an integer array over its point shape: ``NONE`` (−1, no
-direction reaches the element), a block ``β ≥ 0`` (only the directions of block ``β``), or ``DENSE`` (−2,
-several blocks). It is computed once per program by abstract interpretation, from the kinds:
+direction reaches the element), the id of a *set* of blocks (ids ``0 … B−1`` are the single blocks, unions
+get new ids: a pair feature ``r_i − r_j`` lies in ``{i, j}``), or ``DENSE`` (−2, more blocks than pay). It is
+computed once per program by abstract interpretation, from the kinds:
 
 * pointwise kinds (sums, elementwise functions, broadcasting products, ``where``) unite their operands'
-  patterns position by position: equal blocks stay, different blocks give ``DENSE``;
+  sets position by position;
 * maps with non-negative coefficients (reshapes, transposes, slices, gathers by known indices, sums over
-  axes, and ``B(·, 1)`` of a contraction) are *applied* to probes of the pattern: with ``c = [β ≥ 0]``,
-  ``m₁ = (β+1)·c``, ``m₂ = (β+1)²·c`` pushed through the map, an output element depends on one block exactly
-  when ``m₂·c = m₁²`` (equality in Cauchy–Schwarz), the block being ``m₁/c − 1``;
+  axes, and ``B(·, 1)`` of a contraction) are *applied* to probes of the pattern: with ``c = [id ≥ 0]``,
+  ``m₁ = (id+1)·c``, ``m₂ = (id+1)²·c`` pushed through the map, the elements reaching an output element share
+  one set exactly when ``m₂·c = m₁²`` (equality in Cauchy–Schwarz), the set being ``m₁/c − 1``; else ``DENSE``;
 * everything else (linear algebra, generic rules, loops) is ``DENSE`` wherever an operand has a direction.
 
 A value whose pattern has no ``DENSE`` element is stored *compressed*: its per-direction coefficients carry
-``b`` slots instead of ``R`` directions, slot ``s`` of an element in block ``β`` standing for direction
-``β·b + s`` (zero on ``NONE`` elements). Every operand element that reaches an output element of a
-compressed equation lies in the output element's block or is zero, so the shared rules run unchanged on
-the slots; the weighted sum ``Σ_r w_r`` becomes ``Σ_s w_{β b + s}`` per element. Where the pattern fills up,
+``m·b`` slots instead of ``R`` directions (``m``: its largest set), slot ``j·b + s`` of an element with set
+``(β_0 < β_1 < …)`` standing for direction ``β_j·b + s`` (zero past the set, and on ``NONE`` elements). A
+pointwise equation first gathers each operand's slots into the output's layout (where they differ); any
+other compressed equation reads elements of the output's own set, so the shared rules run unchanged on the
+slots; the weighted sum ``Σ_r w_r`` becomes ``Σ_t w_{β_j b + s}`` per element. Where the pattern fills up,
 the operands are expanded to all ``R`` directions (a gather) and propagation continues densely.
 """
 
@@ -32,22 +34,66 @@ import numpy as np
 
 from .program import Equation, Program, Var
 
-__all__ = ["NONE", "DENSE", "SparsePlan", "sparse_plan", "analyse", "unite", "row_blocks", "BLOCK_CANDIDATES"]
+__all__ = ["NONE", "DENSE", "BlockSets", "SparsePlan", "sparse_plan", "analyse", "unite", "pointwise", "row_blocks",
+           "BLOCK_CANDIDATES", "MAX_SET"]
 
 NONE, DENSE = -1, -2
 
 #: block sizes tried for unit directions (directions per particle); the cost model picks among them
 BLOCK_CANDIDATES = (2, 3, 4, 5, 6, 8)
+#: the most blocks one element's set may hold before it counts as dense (also at most half the directions)
+MAX_SET = 8
 
 Probe = Callable[..., list]  # probe(fn, arrays, lead) -> numpy arrays (the backend's eager evaluation)
 
 
-def unite(patterns: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
-    """Position by position (broadcasting): ``NONE`` ∪ p = p, β ∪ β = β, anything else ``DENSE``."""
+class BlockSets:
+    """Sets of blocks by id: ``0 … B−1`` the single blocks, unions appended; sets larger than ``cap`` are
+    ``DENSE`` (their slots would cost as much as the directions)."""
+
+    def __init__(self, B: int, cap: int):
+        self.B, self.cap = B, cap
+        self.sets: list[tuple[int, ...]] = [(b,) for b in range(B)]
+        self._ids: dict[tuple[int, ...], int] = {s: i for i, s in enumerate(self.sets)}
+
+    def union(self, a: int, b: int) -> int:
+        u = tuple(sorted(set(self.sets[a]) | set(self.sets[b])))
+        if len(u) > self.cap:
+            return DENSE
+        i = self._ids.get(u)
+        if i is None:
+            i = self._ids[u] = len(self.sets)
+            self.sets.append(u)
+        return i
+
+    def unite(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Position by position: ``NONE`` ∪ p = p, ``DENSE`` ∪ p = ``DENSE``, else the union's id."""
+        out = np.where(a == NONE, b, np.where(b == NONE, a, np.where(a == b, a, DENSE)))
+        mix = (a >= 0) & (b >= 0) & (a != b)
+        if mix.any():
+            pairs, inverse = np.unique(np.stack([a[mix], b[mix]], axis=1), axis=0, return_inverse=True)
+            ids = np.array([self.union(int(x), int(y)) for x, y in pairs], dtype=np.int64)
+            out[mix] = ids[inverse.reshape(-1)]
+        return out
+
+    def members(self, p: np.ndarray, m: int) -> np.ndarray:
+        """``(m, *shape)``: the blocks of each element's set in order, −1 past its end."""
+        table = np.full((len(self.sets) + 1, m), -1, dtype=np.int64)  # the last row: NONE
+        for i, st in enumerate(self.sets):
+            table[i, : min(len(st), m)] = st[:m]
+        return np.moveaxis(table[np.where(p >= 0, p, len(self.sets))], -1, 0)
+
+    def size(self, p: np.ndarray) -> int:
+        """The largest set among the elements (1 when there is none)."""
+        ids = np.unique(p[p >= 0])
+        return max([len(self.sets[i]) for i in ids], default=1)
+
+
+def unite(patterns: list[np.ndarray], shape: tuple[int, ...], sets: BlockSets) -> np.ndarray:
+    """Position by position (broadcasting) union of the operands' sets."""
     out = np.full(shape, NONE, dtype=np.int64)
     for p in patterns:
-        p = np.broadcast_to(p, shape)
-        out = np.where(out == NONE, p, np.where((p == NONE) | (p == out), out, DENSE))
+        out = sets.unite(out, np.broadcast_to(p, shape))
     return out
 
 
@@ -88,31 +134,57 @@ class SparsePlan:
     b: int
     R: int
     patterns: dict[Var, np.ndarray]
-    compressed: set = field(default_factory=set)  # values stored with b slots
+    sets: BlockSets
+    compressed: set = field(default_factory=set)  # values stored with slots
     dropped: list[_Why] = field(default_factory=list)
-    cost: float = 0.0  # per-direction array elements propagated (expansions included)
+    cost: float = 0.0  # per-direction array elements propagated (gathers included)
     dense_cost: float = 0.0
 
     def is_compressed(self, v: Var) -> bool:
         return v in self.compressed
 
-    def expand_index(self, v: Var | np.ndarray) -> np.ndarray:
-        """``(R, *shape)`` slot of direction ``r`` at each element (``b``: not its block, zero)."""
+    def slots(self, v: Var | np.ndarray) -> int:
+        """``m·b`` slots of a compressed value (``m``: its largest set)."""
         p = self.patterns[v] if isinstance(v, Var) else v
-        r = np.arange(self.R).reshape((self.R,) + (1,) * p.ndim)
-        slot = r - self.b * p[None]
-        return np.where((p[None] >= 0) & (slot >= 0) & (slot < self.b), slot, self.b)
+        return self.b * self.sets.size(p)
 
-    def weight_index(self, v: Var | np.ndarray) -> np.ndarray:
-        """``(b, *shape)`` direction of each slot (``R``, a zero weight, where the element has no block)."""
-        p = self.patterns[v] if isinstance(v, Var) else v
-        s = np.arange(self.b).reshape((self.b,) + (1,) * p.ndim)
-        return np.where(p[None] >= 0, self.b * p[None] + s, self.R)
+    def expand_index(self, p: Var | np.ndarray) -> np.ndarray:
+        """``(R, *shape)``: the slot holding direction ``r`` at each element (``slots``: none, a zero)."""
+        p = self.patterns[p] if isinstance(p, Var) else p
+        k = self.slots(p)
+        members = self.sets.members(p, k // self.b)  # (m, *shape)
+        r = np.arange(self.R).reshape((self.R, 1) + (1,) * p.ndim)
+        hit = members[None] == r // self.b  # (R, m, *shape)
+        j = np.argmax(hit, axis=1)
+        return np.where(hit.any(axis=1), j * self.b + r[:, 0] % self.b, k)
+
+    def weight_index(self, p: Var | np.ndarray) -> np.ndarray:
+        """``(slots, *shape)``: the direction of each slot (``R``, a zero weight, past the element's set)."""
+        p = self.patterns[p] if isinstance(p, Var) else p
+        k = self.slots(p)
+        members = np.repeat(self.sets.members(p, k // self.b), self.b, axis=0)  # (k, *shape)
+        s = (np.arange(k) % self.b).reshape((k,) + (1,) * p.ndim)
+        return np.where(members >= 0, members * self.b + s, self.R)
+
+    def align_index(self, p_in: np.ndarray, p_out: np.ndarray) -> np.ndarray | None:
+        """``(slots of p_out, *shape)``: the operand slot (of pattern ``p_in``, broadcast to ``p_out``'s shape)
+        holding each output slot's direction (``slots of p_in``: a zero); None when the layouts already agree."""
+        k_in, k_out = self.slots(p_in), self.slots(p_out)
+        if k_in == k_out and ((p_in == p_out) | (p_in == NONE)).all():
+            return None
+        m_in, m_out = k_in // self.b, k_out // self.b
+        mi, mo = self.sets.members(p_in, m_in), self.sets.members(p_out, m_out)  # (m, *shape)
+        hit = (mo[:, None] == mi[None]) & (mo[:, None] >= 0)  # (m_out, m_in, *shape)
+        j_in = np.argmax(hit, axis=1)
+        blocks = np.where(hit.any(axis=1), j_in, -1)  # (m_out, *shape)
+        blocks = np.repeat(blocks, self.b, axis=0)  # (k_out, *shape)
+        s = (np.arange(k_out) % self.b).reshape((k_out,) + (1,) * p_out.ndim)
+        return np.where(blocks >= 0, blocks * self.b + s, k_in)
 
     def row_blocks(self, v: Var) -> np.ndarray | None:
         """For a compressed matrix (batch) whose rows each lie in one block, distinct within a matrix: the
         rows' blocks ``(…, n)``; else None."""
-        return row_blocks(self.patterns[v]) if v in self.compressed else None
+        return row_blocks(self.patterns[v], self.sets.B) if v in self.compressed else None
 
     def seed(self, v: Var) -> np.ndarray:
         """The compressed unit seed ``(b, D)``: slot ``s`` of element ``a`` is 1 where ``s = a mod b``."""
@@ -123,22 +195,22 @@ class SparsePlan:
         n_vals = sum(1 for v, p in self.patterns.items() if (p != NONE).any())
         lines = [
             f"direction sparsity: blocks of b={self.b} of R={self.R} directions; {len(self.compressed)} of "
-            f"{n_vals} values with directions carried compressed (b slots instead of R); "
+            f"{n_vals} values with directions carried compressed (m·b slots for sets of m blocks, not R); "
             f"cost {self.cost:.3g} against {self.dense_cost:.3g} dense (per-direction array elements)"
         ]
-        kept = [v.name for v in self.patterns if v in self.compressed]
+        kept = [f"{v.name}[{self.slots(v)}]" for v in self.patterns if v in self.compressed]
         if kept:
-            lines.append(f"  kept ({self.b} slots): {', '.join(kept)}")
+            lines.append(f"  kept [slots]: {', '.join(kept)}")
         for why in self.dropped:
             outs = ", ".join(v.name for v in why.eqn.outs)
             lines.append(f"  dense from {why.eqn.prim} -> {outs}: {why.reason}")
         return "\n".join(lines)
 
 
-def row_blocks(p: np.ndarray) -> np.ndarray | None:
-    """The blocks of the rows of a pattern of matrices ``(…, n, m)`` when every row lies in one block (or none)
-    and no two rows of a matrix share one (a determinant's rows, one per particle); else None."""
-    if p.ndim < 2 or p.shape[-1] == 0 or not (p == p[..., :1]).all():
+def row_blocks(p: np.ndarray, B: int) -> np.ndarray | None:
+    """The blocks of the rows of a pattern of matrices ``(…, n, m)`` when every row lies in one single block
+    (or none) and no two rows of a matrix share one (a determinant's rows, one per particle); else None."""
+    if p.ndim < 2 or p.shape[-1] == 0 or not (p == p[..., :1]).all() or (p >= B).any() or (p == DENSE).any():
         return None
     rows = p[..., 0]
     flat = rows.reshape(-1, rows.shape[-1])
@@ -153,13 +225,13 @@ def _size(v: Var) -> int:
     return int(np.prod(v.shape, dtype=np.int64))
 
 
-def analyse(program: Program, in_pattern: np.ndarray, probe: Probe, concrete: Callable[[Any], Any]):
+def analyse(program: Program, in_pattern: np.ndarray, probe: Probe, concrete: Callable[[Any], Any], sets: BlockSets):
     """The pattern of every value of ``program`` (calls inlined), its input having ``in_pattern``.
 
     ``probe(fn, arrays, lead)`` evaluates a kind's native callable eagerly on NumPy arrays (``lead[i]``:
     array ``i`` has a leading probe axis) and returns NumPy arrays; ``concrete(value)`` is a constant's
-    value as a NumPy array, or None when it is not known (a traced parameter). Returns the patterns and, by
-    equation index, why an equation's output went dense."""
+    value as a NumPy array, or None when it is not known (a traced parameter); ``sets`` holds the sets of
+    blocks (it grows). Returns the patterns and, by equation index, why an equation's output went dense."""
     (xvar,) = program.invars
     pats: dict[Var, np.ndarray] = {xvar: np.asarray(in_pattern, dtype=np.int64)}
     known: dict[Var, np.ndarray] = {}
@@ -178,7 +250,7 @@ def analyse(program: Program, in_pattern: np.ndarray, probe: Probe, concrete: Ca
             outs = [np.full(v.shape, DENSE if v.inexact else NONE, dtype=np.int64) for v in eqn.outs]
         else:
             try:
-                outs, reason = _transfer(eqn, ins, known, probe)
+                outs, reason = _transfer(eqn, ins, known, probe, sets)
             except Exception as e:  # a probe the native callable refuses (e.g. complex-only ops): dense
                 outs, reason = None, f"not analysed ({type(e).__name__})"
             if outs is None:
@@ -204,7 +276,18 @@ def _fold(eqn: Equation, known: dict, probe: Probe) -> None:
         known[v] = np.asarray(r)
 
 
-def _transfer(eqn: Equation, ins: list[np.ndarray], known: dict, probe: Probe):
+def pointwise(eqn: Equation) -> bool:
+    """Each output element is computed from the operands' elements at its (broadcast) position."""
+    kind, impl = eqn.kind, eqn.impl
+    return (
+        kind in ("sum", "divide", "elementwise", "zero")
+        or (kind == "bilinear" and impl.broadcasting)
+        or (kind == "selection" and impl.rule in ("max", "min", "clamp"))
+        or (kind == "linear" and getattr(impl, "structure", "opaque") == "pointwise")
+    )
+
+
+def _transfer(eqn: Equation, ins: list[np.ndarray], known: dict, probe: Probe, sets: BlockSets):
     """``(output patterns or None for all-dense, reason it went dense or "")``."""
     kind = eqn.kind
     impl = eqn.impl
@@ -213,13 +296,13 @@ def _transfer(eqn: Equation, ins: list[np.ndarray], known: dict, probe: Probe):
     if kind == "zero":
         return [np.full(v.shape, NONE, dtype=np.int64) for v in outs], ""
     if kind in ("sum", "divide") or (kind == "bilinear" and impl.broadcasting):
-        return _checked([unite(ins, shape)], "")
+        return _checked([unite(ins, shape, sets)], "")
     if kind == "elementwise":
-        return _checked([unite(ins[:1], shape)], "")
+        return _checked([unite(ins[:1], shape, sets)], "")
     if kind == "selection":
         rest = [np.full(v.shape, NONE, dtype=np.int64) for v in outs[1:]]
         if impl.rule in ("max", "min", "clamp"):
-            return _checked([unite(ins, shape)] + rest, "")
+            return _checked([unite(ins, shape, sets)] + rest, "")
         if impl.rule in ("reduce_max", "reduce_min") and impl.reduce is not None:
             (st,) = probe(impl.reduce, [_stats(ins[0])], [True])
             return _checked([_from_stats(st)] + rest, "")
@@ -228,7 +311,7 @@ def _transfer(eqn: Equation, ins: list[np.ndarray], known: dict, probe: Probe):
         lin = list(range(len(ins))) if impl.linear is None else list(impl.linear)
         structure = getattr(impl, "structure", "opaque")
         if structure == "pointwise":
-            return _checked([unite([ins[i] for i in lin], v.shape) for v in outs], "")
+            return _checked([unite([ins[i] for i in lin], v.shape, sets) for v in outs], "")
         if structure != "positive":
             return None, "a linear map whose structure is not known"
         args, lead = [], []
@@ -288,8 +371,9 @@ def sparse_plan(program: Program, R: int, probe: Probe, concrete: Callable, orde
     for b in candidates:
         if b >= R or R % b or xvar.shape != (R,):
             continue
-        pats, why = analyse(program, np.arange(R) // b, probe, concrete)
-        plan = _choose(program, pats, why, b, R, order)
+        sets = BlockSets(R // b, cap=max(1, min(MAX_SET, R // (2 * b))))
+        pats, why = analyse(program, np.arange(R) // b, probe, concrete, sets)
+        plan = _choose(program, pats, why, sets, b, R, order)
         if best is None or plan.cost < best.cost:
             best = plan
     if best is not None and not best.cost < 0.8 * best.dense_cost:
@@ -298,10 +382,10 @@ def sparse_plan(program: Program, R: int, probe: Probe, concrete: Callable, orde
     return best
 
 
-def _choose(program: Program, pats: dict, why: dict, b: int, R: int, order: int) -> SparsePlan:
+def _choose(program: Program, pats: dict, why: dict, sets: BlockSets, b: int, R: int, order: int) -> SparsePlan:
     """Compress every value whose pattern has no ``DENSE`` element and whose equation's operands are
     compressed (or carry no direction); count the cost in per-direction array elements."""
-    plan = SparsePlan(program, b, R, pats)
+    plan = SparsePlan(program, b, R, pats, sets)
     (xvar,) = program.invars
     plan.compressed.add(xvar)
     per_dir = max(order - 1, 1)  # per-direction coefficients x_1 … x_{K−1} of a collapsed jet
@@ -323,7 +407,14 @@ def _choose(program: Program, pats: dict, why: dict, b: int, R: int, order: int)
         dense += R * size
         if ok:
             plan.compressed.update(outs)
-            cost += b * size
+            k_out = plan.slots(outs[0])
+            cost += k_out * size
+            if pointwise(eqn):  # operands gathered into the output's layout where it differs
+                p_out = pats[outs[0]]
+                for v in ins:
+                    p_in = np.broadcast_to(pats[v], p_out.shape)
+                    if plan.slots(v) != k_out or not ((p_in == p_out) | (p_in == NONE)).all():
+                        cost += k_out * _size(outs[0]) * per_dir
             continue
         cost += R * size
         if row_slogdet(eqn, order) and plan.row_blocks(eqn.ins[0]) is not None:
