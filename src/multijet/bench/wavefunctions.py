@@ -1,6 +1,6 @@
 """Small FermiNet- and Psiformer-like log|ψ| functions for the quantum Monte Carlo benchmark (issue 11).
 
-Both builders return a JAX function ``log_psi(x) -> scalar`` of ``x`` of shape ``(3n,)`` (n electrons in 3-D,
+The builders return a JAX function ``log_psi(x) -> scalar`` of ``x`` of shape ``(3n,)`` (n electrons in 3-D,
 float64 under ``jax_enable_x64``). They have the structure that matters for a Laplacian: per-electron streams
 mixed by a symmetric function (mean / attention), orbitals with exponential envelopes, one ``slogdet`` per spin
 block and a smooth electron–electron Jastrow. The weights are random (NumPy ``default_rng(seed)``, scaled
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ferminet_like", "psiformer_like"]
+__all__ = ["ferminet_like", "psiformer_like", "per_electron_like"]
 
 LogPsi = Callable[[Any], Any]
 
@@ -117,5 +117,26 @@ def psiformer_like(n: int, *, hidden: int = 32, heads: int = 2, layers: int = 2,
             h = h + jnp.einsum("hij,jhd->ihd", a, v).reshape(n, hidden) @ p["o"]
             h = h + jnp.tanh(h @ p["mlp"] + p["b"])
         return _log_det(h, r, head, n, 1) + _jastrow(r)
+
+    return log_psi
+
+
+def per_electron_like(n: int, *, hidden: int = 32, ndet: int = 1, seed: int = 0) -> LogPsi:
+    """The log|ψ| of issue 11's measurement: a per-electron tanh stream with a residual (``h_i = tanh(r_i W1 +
+    b1)``, ``h_i + tanh(h_i W2)``, no mixing between electrons), spin-up and spin-down orbitals with exponential
+    envelopes, ``slogdet`` per block, plus the Jastrow. Electrons meet only in the determinants and the
+    Jastrow, so the Jacobian with respect to the unit directions stays block-sparse up to there."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    W1, b1 = _dense(rng, 3, hidden), 0.1 * rng.standard_normal(hidden)
+    W2 = _dense(rng, hidden, hidden)
+    head = _orbital_head(rng, hidden, n, ndet)
+
+    def log_psi(x):
+        r = x.reshape(n, 3)
+        h = jnp.tanh(r @ W1 + b1)
+        h = h + jnp.tanh(h @ W2)
+        return _log_det(h, r, head, n, ndet) + _jastrow(r)
 
     return log_psi

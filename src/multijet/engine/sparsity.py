@@ -43,6 +43,10 @@ NONE, DENSE = -1, -2
 BLOCK_CANDIDATES = (2, 3, 4, 5, 6, 8)
 #: the most blocks one element's set may hold before it counts as dense (also at most half the directions)
 MAX_SET = 8
+#: the cost of a gathered element (expanding slots to directions, aligning operands) against a computed one
+GATHER_COST = 3.0
+#: sparsity is used when its cost is below this fraction of the dense propagation's
+PAYS = 0.8
 
 Probe = Callable[..., list]  # probe(fn, arrays, lead) -> numpy arrays (the backend's eager evaluation)
 
@@ -234,18 +238,14 @@ def analyse(program: Program, in_pattern: np.ndarray, probe: Probe, concrete: Ca
     blocks (it grows). Returns the patterns and, by equation index, why an equation's output went dense."""
     (xvar,) = program.invars
     pats: dict[Var, np.ndarray] = {xvar: np.asarray(in_pattern, dtype=np.int64)}
-    known: dict[Var, np.ndarray] = {}
-    for v, value in program.consts.items():
+    known = _Known(program, probe, concrete)
+    for v in program.consts:
         pats[v] = np.full(v.shape, NONE, dtype=np.int64)
-        c = concrete(value)
-        if c is not None:
-            known[v] = c
     why: dict[int, str] = {}
     for i, eqn in enumerate(program.eqns):
         ins = [pats[v] for v in eqn.ins]
         if all((p == NONE).all() for p in ins):
             outs = [np.full(v.shape, NONE, dtype=np.int64) for v in eqn.outs]
-            _fold(eqn, known, probe)
         elif all((p == DENSE).all() or (p == NONE).all() for p in ins):  # dense in, dense out: nothing to probe
             outs = [np.full(v.shape, DENSE if v.inexact else NONE, dtype=np.int64) for v in eqn.outs]
         else:
@@ -262,18 +262,35 @@ def analyse(program: Program, in_pattern: np.ndarray, probe: Probe, concrete: Ca
     return pats, why
 
 
-def _fold(eqn: Equation, known: dict, probe: Probe) -> None:
-    """A direction-free equation on known values: its outputs become known (indices computed from constants)."""
-    if eqn.kind in ("generic", "scan", "while", "cond", "call") or not all(v in known for v in eqn.ins):
-        return
-    if sum(_size(v) for v in eqn.outs) > 1 << 20:
-        return
-    try:
-        res = probe(eqn.impl.fn, [known[v] for v in eqn.ins], [False] * len(eqn.ins))
-    except Exception:
-        return
-    for v, r in zip(eqn.outs, res, strict=True):
-        known[v] = np.asarray(r)
+class _Known:
+    """Values known before the input (constants, and what is computed from them alone, e.g. indices),
+    evaluated on demand: ``get(v)`` is the value as a NumPy array, or None."""
+
+    def __init__(self, program: Program, probe: Probe, concrete: Callable):
+        self.program, self.probe, self.concrete = program, probe, concrete
+        self.values: dict[Var, Any] = {}
+        self.producer = {v: e for e in program.eqns for v in e.outs}
+
+    def get(self, v: Var, depth: int = 0):
+        if v in self.values:
+            return self.values[v]
+        value = None
+        if v in self.program.consts:
+            value = self.concrete(self.program.consts[v])
+        elif v in self.producer and depth < 64:
+            eqn = self.producer[v]
+            ok = eqn.kind not in ("generic", "scan", "while", "cond", "call") and sum(map(_size, eqn.outs)) <= 1 << 20
+            args = [self.get(u, depth + 1) for u in eqn.ins] if ok else [None]
+            if all(a is not None for a in args):
+                try:
+                    res = self.probe(eqn.impl.fn, args, [False] * len(args))
+                    for u, r in zip(eqn.outs, res, strict=True):
+                        self.values[u] = np.asarray(r)
+                except Exception:  # noqa: BLE001 - an unknown value only makes the pattern dense
+                    pass
+            value = self.values.get(v)
+        self.values[v] = value
+        return value
 
 
 def pointwise(eqn: Equation) -> bool:
@@ -287,7 +304,7 @@ def pointwise(eqn: Equation) -> bool:
     )
 
 
-def _transfer(eqn: Equation, ins: list[np.ndarray], known: dict, probe: Probe, sets: BlockSets):
+def _transfer(eqn: Equation, ins: list[np.ndarray], known: _Known, probe: Probe, sets: BlockSets):
     """``(output patterns or None for all-dense, reason it went dense or "")``."""
     kind = eqn.kind
     impl = eqn.impl
@@ -319,8 +336,8 @@ def _transfer(eqn: Equation, ins: list[np.ndarray], known: dict, probe: Probe, s
             if i in lin:
                 args.append(_stats(p))
                 lead.append(True)
-            elif v in known:
-                args.append(known[v])
+            elif known.get(v) is not None:
+                args.append(known.get(v))
                 lead.append(False)
             else:
                 return None, "its indices are computed from the input"
@@ -368,7 +385,7 @@ def sparse_plan(program: Program, R: int, probe: Probe, concrete: Callable, orde
         return cache[key]
     (xvar,) = program.invars
     best = None
-    for b in candidates:
+    for b in _candidates(program, R, candidates):
         if b >= R or R % b or xvar.shape != (R,):
             continue
         sets = BlockSets(R // b, cap=max(1, min(MAX_SET, R // (2 * b))))
@@ -376,10 +393,25 @@ def sparse_plan(program: Program, R: int, probe: Probe, concrete: Callable, orde
         plan = _choose(program, pats, why, sets, b, R, order)
         if best is None or plan.cost < best.cost:
             best = plan
-    if best is not None and not best.cost < 0.8 * best.dense_cost:
+    if best is not None and not best.cost < PAYS * best.dense_cost:
         best = None
     cache[key] = best
     return best
+
+
+def _candidates(program: Program, R: int, candidates: tuple[int, ...]) -> tuple[int, ...]:
+    """The block sizes worth analysing: the last axis of the input reshaped to particles ``(…, d)`` (positions
+    in d dimensions), among ``candidates``; none when the program never views its input as particles (an MLP
+    on ``x``: its first product mixes every direction, and the analysis would only cost build time)."""
+    (xvar,) = program.invars
+    found = []
+    for eqn in program.eqns:
+        if xvar in eqn.ins:
+            for v in eqn.outs:
+                d = v.shape[-1] if v.ndim >= 2 else 0
+                if _size(v) == R and d in candidates and d < R and R % d == 0 and d not in found:
+                    found.append(d)
+    return tuple(found)
 
 
 def _choose(program: Program, pats: dict, why: dict, sets: BlockSets, b: int, R: int, order: int) -> SparsePlan:
@@ -414,7 +446,7 @@ def _choose(program: Program, pats: dict, why: dict, sets: BlockSets, b: int, R:
                 for v in ins:
                     p_in = np.broadcast_to(pats[v], p_out.shape)
                     if plan.slots(v) != k_out or not ((p_in == p_out) | (p_in == NONE)).all():
-                        cost += k_out * _size(outs[0]) * per_dir
+                        cost += GATHER_COST * k_out * _size(outs[0]) * per_dir
             continue
         cost += R * size
         if row_slogdet(eqn, order) and plan.row_blocks(eqn.ins[0]) is not None:
@@ -424,7 +456,7 @@ def _choose(program: Program, pats: dict, why: dict, sets: BlockSets, b: int, R:
         for v in ins:
             if v in plan.compressed and v not in expanded:
                 expanded.add(v)
-                cost += R * _size(v) * per_dir
+                cost += GATHER_COST * R * _size(v) * per_dir
         if any(v in plan.compressed for v in ins):
             plan.dropped.append(_Why(eqn, why.get(i) or "an operand is dense"))
     plan.cost, plan.dense_cost = float(cost), float(dense)
