@@ -122,6 +122,8 @@ def test_jax_sparse_equals_dense_equals_nested(pairs, det):
     text = sparse.schedule
     assert "direction sparsity: blocks of b=" in text, text
     assert "kept [slots]" in text
+    if pairs:  # the pair features r_i − r_j carry the two particles' blocks: 6 slots
+        assert "[6]" in text, text
     assert "direction sparsity" not in dense.schedule
 
 
@@ -179,6 +181,8 @@ def test_torch_sparse_equals_dense_equals_nested(pairs):
     _close(sparse(X).detach(), nested.detach())
     _close(mj.laplacian(f, X, sparsity=False).detach(), nested.detach())
     assert "direction sparsity: blocks of b=3" in sparse.schedule
+    if pairs:  # indices written in f are known: the pair features keep two blocks (6 slots)
+        assert "[6]" in sparse.schedule, sparse.schedule
     v, g, lap = mj.laplacian(f, X, return_grad=True)
     _close(g.detach(), torch.stack([torch.func.grad(f)(x) for x in X]).detach())
     _close(lap.detach(), nested.detach())

@@ -31,6 +31,7 @@ class Cst:
     node: Any
     shape: tuple
     dtype: Any
+    value: Any = None  # the tensor itself for an integer constant of the traced function (indices), else None
 
 
 class Co:

@@ -169,7 +169,11 @@ class _Capture:
             else:
                 setattr(self.root, name, obj)
         m = _meta(node)
-        return Cst(self.E.graph.get_attr(name), tuple(getattr(m, "shape", ())), getattr(m, "dtype", None))
+        # an integer tensor the trace made a constant (indices written in f, not a module's buffer) is kept for
+        # direction sparsity, which follows gathers by known indices
+        literal = name.startswith("_tensor_constant") and isinstance(obj, torch.Tensor) and not obj.is_floating_point()
+        return Cst(self.E.graph.get_attr(name), tuple(getattr(m, "shape", ())), getattr(m, "dtype", None),
+                   obj.detach().clone() if literal and not obj.is_complex() else None)  # fmt: skip
 
     def _const_node(self, node, env):
         """A node that does not depend on ``x``: copied into the emitted graph (point layout)."""
@@ -185,6 +189,8 @@ class _Capture:
         )
         new = self.E.graph.call_function(node.target, tuple(args), dict(kwargs))
         m = _meta(node)
+        if _is_tensor(m) and not m.is_floating_point() and not m.is_complex():
+            return Cst(new, tuple(m.shape), m.dtype, _known_value(node, env))
         if isinstance(m, tuple | list):
             return [Cst(self.E.graph.call_function(operator.getitem, (new, i)), tuple(getattr(o, "shape", ())),
                         getattr(o, "dtype", None)) for i, o in enumerate(m)]  # fmt: skip
@@ -276,3 +282,30 @@ def _inexact(dtype) -> bool:
 def to_program(gm: fx.GraphModule, E: Emitter, root: torch.nn.Module) -> Program:
     """The captured graph as an engine program; its constants are emitted into ``E``'s graph."""
     return _Capture(gm, E, root).program()
+
+
+def _known_value(node, env):
+    """An integer constant computed from integer constants written in ``f`` (``lift_fresh_copy`` of indices):
+    evaluated now for direction sparsity, or None when an input is not known."""
+    known = True
+
+    def value(a):
+        nonlocal known
+        if isinstance(a, Cst):
+            if a.value is None:
+                known = False
+            return a.value
+        return a
+
+    def values(tree):
+        return pytree.tree_map(value, fx.node.map_arg(tree, lambda n: env[n]), is_leaf=lambda a: isinstance(a, Cst))
+
+    args, kwargs = values(node.args), values(node.kwargs)
+    if not known:
+        return None
+    try:
+        with torch.no_grad():
+            out = node.target(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - an unknown value only keeps the pattern dense
+        return None
+    return out.detach().clone() if isinstance(out, torch.Tensor) else None

@@ -53,7 +53,10 @@ class SparseOps:
 
     @staticmethod
     def concrete(value):
-        return None  # constants are graph nodes here (parameters, buffers): gathers by them stay dense
+        """An integer constant written in ``f`` (indices) as a NumPy array; None for anything else (parameters
+        and buffers are read live by the emitted graph, so their values at build time are not relied on)."""
+        v = getattr(value, "value", None)
+        return None if v is None else v.cpu().numpy()
 
     def _buffer(self, tensor: torch.Tensor):
         name = f"sparse{next(_names)}"
