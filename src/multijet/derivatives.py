@@ -137,14 +137,19 @@ def _pow(xp, x0, y0, K, *, exponent: float, **_):
     p = float(exponent)
     natural = p.is_integer() and p >= 0
     out, c = [], 1.0
+    inv = power = None
     for k in range(1, K + 1):
         c *= p - k + 1
         if natural and k > p:
             out.append(None)
         elif p - k == 0:
             out.append(x0 * 0 + c)
-        else:
-            out.append(c * x0 ** (p - k))
+        elif natural:
+            out.append(c * x0 ** int(p - k))
+        else:  # x^{p−k} = y0 · x^{−k}: one division, no pow (pow is slow, e.g. for sqrt and rsqrt)
+            inv = 1 / x0 if inv is None else inv
+            power = y0 * inv if power is None else power * inv
+            out.append(c * power)
     return out
 
 

@@ -62,6 +62,20 @@ class SparseOps:
         return jnp.concatenate([c, jnp.zeros((k - n,) + c.shape[1:], c.dtype)], axis=0)
 
     @staticmethod
+    def scatter_sum(c, flat: np.ndarray, size: int, var: Var, out_shape: tuple):
+        """``out[flat[t, e]] += c[t, e]`` into ``size`` entries (index ``size``: dropped), shaped ``out_shape``."""
+        c = jnp.broadcast_to(c, (c.shape[0],) + var.shape)
+        out = jnp.zeros((size + 1,), c.dtype).at[jnp.asarray(flat.reshape(-1))].add(c.reshape(-1))
+        return out[:size].reshape(out_shape)
+
+    @staticmethod
+    def take_slots(c, slots: np.ndarray, k: int, var: Var):
+        """Slots ``slots`` of ``c``'s ``k`` (index ``k``: a zero slot), whole slabs, broadcast to ``var``."""
+        c = jnp.broadcast_to(c, (c.shape[0],) + var.shape)
+        parts = [c[i : i + 1] if i < k else jnp.zeros((1,) + var.shape, c.dtype) for i in slots.tolist()]
+        return jnp.concatenate(parts, axis=0)
+
+    @staticmethod
     def expand(c, index: np.ndarray, var: Var):
         """``out[r, e] = c[index[r, e], e]`` with ``index = b`` a zero: the compressed slots at their directions."""
         c = jnp.broadcast_to(c, (c.shape[0],) + var.shape)

@@ -53,6 +53,22 @@ class SparseOps:
         return np.concatenate([c, np.zeros((c.shape[0], k - n) + c.shape[2:], c.dtype)], axis=1)
 
     @staticmethod
+    def scatter_sum(c, flat: np.ndarray, size: int, var: Var, out_shape: tuple):
+        """``out[flat[t, e]] += c[t, e]`` into ``size`` entries (index ``size``: dropped), shaped ``out_shape``."""
+        c = np.broadcast_to(c, c.shape[:2] + var.shape)
+        N = c.shape[0]
+        out = np.zeros((N, size + 1), c.dtype)
+        np.add.at(out, (np.arange(N)[:, None], flat.reshape(1, -1)), c.reshape(N, -1))
+        return out[:, :size].reshape((N,) + out_shape)
+
+    @staticmethod
+    def take_slots(c, slots: np.ndarray, k: int, var: Var):
+        """Slots ``slots`` of ``c``'s ``k`` (index ``k``: a zero slot), whole slabs, broadcast to ``var``."""
+        c = np.broadcast_to(c, c.shape[:2] + var.shape)
+        padded = np.concatenate([c, np.zeros((c.shape[0], 1) + var.shape, c.dtype)], axis=1)
+        return padded[:, slots]
+
+    @staticmethod
     def expand(c, index: np.ndarray, var: Var):
         c = np.broadcast_to(c, c.shape[:2] + var.shape)
         padded = np.concatenate([c, np.zeros((c.shape[0], 1) + var.shape, c.dtype)], axis=1)

@@ -89,6 +89,28 @@ class SparseOps:
         zeros = E.call(torch.zeros, [E.N if c.b else 1, k - c.r, *c.shape], dtype=var.dtype, device=E.device)
         return Co(E, E.call(torch.cat, [c.node, zeros], 1), c.b, k, c.shape)
 
+    def scatter_sum(self, c: Co, flat: np.ndarray, size: int, var: Var, out_shape: tuple) -> Co:
+        """``out[flat[t, e]] += c[t, e]`` into ``size`` entries (index ``size``: dropped), shaped ``out_shape``."""
+        E = self.E
+        c = E.fit(c, var.shape)
+        lead0 = E.N if c.b else 1
+        src = E.call(torch.reshape, c.node, [lead0, -1])
+        idx = self._buffer(torch.as_tensor(flat.reshape(-1), dtype=torch.long, device=self.device))
+        zeros = E.call(torch.zeros, [lead0, size + 1], dtype=var.dtype, device=E.device)
+        out = E.call(torch.index_add, zeros, 1, idx, src)
+        out = E.call(torch.narrow, out, 1, 0, size)
+        return Co(E, E.call(torch.reshape, out, [lead0, *out_shape]), c.b, out_shape[0], tuple(out_shape[1:]))
+
+    def take_slots(self, c: Co, slots: np.ndarray, k: int, var: Var) -> Co:
+        """Slots ``slots`` of ``c``'s ``k`` (index ``k``: a zero slot), whole slabs, broadcast to ``var``."""
+        E = self.E
+        c = E.fit(c, var.shape)
+        lead0 = E.N if c.b else 1
+        zeros = E.call(torch.zeros, [lead0, 1, *var.shape], dtype=var.dtype, device=E.device)
+        padded = E.call(torch.cat, [c.node, zeros], 1)
+        idx = self._buffer(torch.as_tensor(slots, dtype=torch.long, device=self.device))
+        return Co(E, E.call(torch.index_select, padded, 1, idx), c.b, len(slots), var.shape)
+
     def expand(self, c: Co, index: np.ndarray, var: Var) -> Co:
         E = self.E
         c = E.fit(c, var.shape)

@@ -108,7 +108,8 @@ def _reduce(fn):
         ds = tuple(sorted({_ax(d, nd) for d in dims})) if dims else tuple(range(2, nd + 2))
         if not ds:
             return _same(n)
-        return _lin(lambda c: [c.map(fn, ds, keepdim=keep, shape=shape)])
+        sums = tuple(d - 2 for d in ds) if fn is torch.sum and not keep else None
+        return kinds.Linear(lambda c: [c.map(fn, ds, keepdim=keep, shape=shape)], (0,), "positive", sums)
 
     return build
 

@@ -50,12 +50,14 @@ class Linear:
     ``structure`` tells direction sparsity (:mod:`multijet.engine.sparsity`) how elements flow:
     ``pointwise`` (each output element from the operands' elements at its broadcast position: select),
     ``positive`` (a map with non-negative coefficients given the other operands: reshapes, slices, gathers,
-    sums over axes, concatenation), ``opaque`` (anything else: taken as mixing every element).
+    sums over axes, concatenation), ``opaque`` (anything else: taken as mixing every element). ``sums``
+    marks a plain sum over point axes, which direction sparsity turns into one scatter-add where it goes dense.
     """
 
     fn: Callable
     linear: tuple[int, ...] | None = None
     structure: str = "opaque"
+    sums: tuple[int, ...] | None = None  # the map sums its one linear operand over these point axes (no keepdims)
     kind: str = field(default="linear", init=False)
 
 

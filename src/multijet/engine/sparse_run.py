@@ -14,7 +14,7 @@ import numpy as np
 
 from .context import Context
 from .program import Equation, Var
-from .sparsity import SparsePlan, pointwise, row_slogdet
+from .sparsity import SparsePlan, pointwise, row_slogdet, summed
 
 __all__ = ["SparseRun"]
 
@@ -81,10 +81,15 @@ class SparseRun:
                     res.append(jet)
                     continue
                 full = Var(out.shape, v.dtype)
+                flat = index.reshape(index.shape[0], -1)
+                uniform = bool((flat == flat[:, :1]).all())  # the same slot map at every element: whole slabs
+                k_in = self.plan.slots(v)
 
-                def move(c, v=v, index=index, full=full):
+                def move(c, v=v, index=index, full=full, uniform=uniform, k_in=k_in):
                     if v.ndim < full.ndim:
                         c = layout.align(c, v.ndim, full.ndim)
+                    if uniform:
+                        return layout.take_slots(c, index.reshape(index.shape[0], -1)[:, 0], k_in, full)
                     return layout.expand(c, index, full)
 
             else:
@@ -106,6 +111,8 @@ class SparseRun:
         ``L_{1,r} = Σ_i ℓ_{r,i}`` and, since ``A_{1,r}`` has one non-zero row, ``tr(Y_0 A_{1,r} Y_0 A_{1,r}) =
         Σ_i ℓ_{r,i}²``, so ``S_2(L) = tr(Y_0 S_2(A)) − Σ_r w_r Σ_i ℓ_{r,i}²``: ``b`` slots per row, never R×n×n."""
         ctx = self.ctx
+        if summed(eqn):
+            return self._summed(eqn, ins)
         if not (ctx.collapsed and row_slogdet(eqn, ctx.order)):
             return None
         avar = eqn.ins[0]
@@ -119,11 +126,28 @@ class SparseRun:
             return None
         y0 = impl.inv(a0)[0]
         ell = impl.diag_product(a1, y0)[0]  # (b, …, n): slot s of row i is direction β_i b + s
-        row_var = Var(rows.shape, avar.dtype)
-        l1 = layout.sum_last(layout.expand(ell, self.plan.expand_index(rows), row_var))
+        flat, size, shape = self.plan.sum_index(rows, (rows.ndim - 1,))
+        l1 = layout.scatter_sum(ell, flat, size, Var(rows.shape, avar.dtype), shape)
         mixed = layout.sum_last(self._slot_context(rows).wsum(ell * ell))
         l2 = -mixed if a2 is None else impl.trace(y0, a2)[0] - mixed
         return [[sign, None, None], [l0, l1, l2]]
+
+    def _summed(self, eqn: Equation, ins: list[list]) -> list[list] | None:
+        """``Σ`` over point axes of a compressed operand into a dense output: one scatter-add of the slots into
+        the R directions (never the R-wide operand)."""
+        (xv,), layout, ctx = eqn.ins, self.ctx.layout, self.ctx
+        if not self.plan.is_compressed(xv) or not hasattr(layout, "scatter_sum"):
+            return None
+        flat, size, shape = self.plan.sum_index(self.plan.patterns[xv], eqn.impl.sums)
+        out = []
+        for k, c in enumerate(ins[0]):
+            if c is None:
+                out.append(None)
+            elif k and ctx.per_direction(k):
+                out.append(layout.scatter_sum(c, flat, size, xv, shape))
+            else:
+                out.append(eqn.impl.fn(c)[0])
+        return [out]
 
     def dense(self, jet: list, var: Var) -> list:
         """``jet`` with its compressed per-direction coefficients expanded to all R directions (once per value)."""

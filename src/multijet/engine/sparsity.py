@@ -34,8 +34,10 @@ import numpy as np
 
 from .program import Equation, Program, Var
 
-__all__ = ["NONE", "DENSE", "BlockSets", "SparsePlan", "sparse_plan", "analyse", "unite", "pointwise", "row_blocks",
-           "BLOCK_CANDIDATES", "MAX_SET"]
+__all__ = [
+    "NONE", "DENSE", "BlockSets", "SparsePlan", "sparse_plan", "analyse", "unite", "pointwise", "summed",
+    "row_blocks", "BLOCK_CANDIDATES", "MAX_SET",
+]  # fmt: skip
 
 NONE, DENSE = -1, -2
 
@@ -184,6 +186,17 @@ class SparsePlan:
         blocks = np.repeat(blocks, self.b, axis=0)  # (k_out, *shape)
         s = (np.arange(k_out) % self.b).reshape((k_out,) + (1,) * p_out.ndim)
         return np.where(blocks >= 0, blocks * self.b + s, k_in)
+
+    def sum_index(self, p: np.ndarray, axes: tuple[int, ...]) -> tuple[np.ndarray, int, tuple]:
+        """For ``Σ`` over point ``axes`` of a compressed value of pattern ``p`` into all R directions: the flat
+        target ``r·K + (kept position)`` of each slot (``R·K``: none), the size ``R·K`` and the output shape."""
+        dirs = self.weight_index(p)  # (k, *shape), R where a slot holds no direction
+        keep = [i for i in range(p.ndim) if i not in axes]
+        keep_shape = tuple(p.shape[i] for i in keep)
+        K = int(np.prod(keep_shape, dtype=np.int64))
+        grids = np.indices(p.shape)
+        pos = np.ravel_multi_index([grids[i] for i in keep], keep_shape) if keep else np.zeros(p.shape, np.int64)
+        return np.where(dirs < self.R, dirs * K + pos[None], self.R * K), self.R * K, (self.R,) + keep_shape
 
     def row_blocks(self, v: Var) -> np.ndarray | None:
         """For a compressed matrix (batch) whose rows each lie in one block, distinct within a matrix: the
@@ -364,6 +377,11 @@ def _checked(outs: list[np.ndarray], reason: str):
     return outs, reason
 
 
+def summed(eqn: Equation) -> bool:
+    """A plain sum over point axes of one operand (``Linear.sums``)."""
+    return eqn.kind == "linear" and getattr(eqn.impl, "sums", None) is not None and len(eqn.ins) == 1
+
+
 def row_slogdet(eqn: Equation, order: int) -> bool:
     """A ``slogdet`` the row-sparse rule serves (collapsed order 2, the backend gives ``diag(p q)``)."""
     return (
@@ -450,8 +468,12 @@ def _choose(program: Program, pats: dict, why: dict, sets: BlockSets, b: int, R:
             continue
         cost += R * size
         if row_slogdet(eqn, order) and plan.row_blocks(eqn.ins[0]) is not None:
-            cost += (R + b) * _size(eqn.ins[0]) // max(eqn.ins[0].shape[-1], 1) * per_dir  # diag(A_1 Y_0), per row
+            cost += (GATHER_COST + 1) * b * _size(eqn.ins[0]) // max(eqn.ins[0].shape[-1], 1) * per_dir  # per row
             plan.dropped.append(_Why(eqn, "several blocks meet here (row-sparse slogdet: one row per block)"))
+            continue
+        if summed(eqn) and eqn.ins[0] in plan.compressed:  # one scatter-add of the slots
+            cost += GATHER_COST * plan.slots(eqn.ins[0]) * _size(eqn.ins[0]) * per_dir
+            plan.dropped.append(_Why(eqn, (why.get(i) or "an operand is dense") + " (summed by a scatter)"))
             continue
         for v in ins:
             if v in plan.compressed and v not in expanded:
