@@ -288,5 +288,22 @@ def test_sparse_plan_says_where_it_dropped():
 
 
 def test_sparsity_argument_is_checked():
-    with pytest.raises(ValueError, match="sparsity must be None"):
-        mj.laplacian(lambda x: (x**2).sum(), np.ones((2, 3)), backend="numpy", sparsity="yes")
+    for bad in ("yes", 0, -2, 1.5):
+        with pytest.raises(ValueError, match="sparsity must be None"):
+            mj.laplacian(lambda x: (x**2).sum(), np.ones((2, 3)), backend="numpy", sparsity=bad)
+
+
+def test_sparsity_threshold_caps_the_blocks_per_element():
+    """``sparsity=1``: an element may depend on one particle's directions only (folx's threshold, by blocks):
+    the pair features go dense, the numbers stay."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    n = 5
+    f = jax_log_psi(n)
+    X = jnp.asarray(np.random.default_rng(8).standard_normal((2, 3 * n)))
+    nested = jax.vmap(lambda x: jnp.trace(jax.hessian(f)(x)))(X)
+    capped = mj.compile(mj.Laplacian(), f, X, sparsity=1)
+    _close(capped(X), nested)
+    assert "kept [slots]" in capped.schedule and "[6]" not in capped.schedule

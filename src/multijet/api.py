@@ -87,7 +87,7 @@ def apply(
     route: str | None = None,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
-    sparsity: bool | None = None,
+    sparsity: bool | int | None = None,
 ):
     """Evaluate the operator ``op`` on ``f`` at ``x``.
 
@@ -101,7 +101,8 @@ def apply(
     ``chunk_size`` bounds the points and ``direction_chunk_size`` the directions propagated at once (peak
     memory follows the chunk; the result is the same, the collapsed sum being additive over directions).
     ``sparsity=False`` turns off direction sparsity, which by default carries only the directions each value
-    can depend on (per particle: unit directions grouped in blocks) wherever the cost model finds it pays.
+    can depend on (per particle: unit directions grouped in blocks) wherever the cost model finds it pays;
+    ``sparsity=k`` (an int) also lets one element depend on at most ``k`` particles before it counts as dense.
     """
     chunks = check_chunks(chunk_size, direction_chunk_size, sparsity)
     name, module = _backend(backend, x, op, f, method, samples, distribution)
@@ -188,7 +189,7 @@ def compile(
     route: str | None = None,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
-    sparsity: bool | None = None,
+    sparsity: bool | int | None = None,
 ) -> Compiled:
     """Plan (and, where the backend can, trace) once; returns a callable ``x -> P f(x)`` for training loops.
 

@@ -22,14 +22,19 @@ __all__ = ["check_chunks", "split_directions", "by_points"]
 
 def check_chunks(chunk_size, direction_chunk_size, sparsity=None) -> dict:
     """``{"chunk_size": …, "direction_chunk_size": …}``, each a positive integer or None (no chunking), and
-    ``"sparsity"`` when given (False turns direction sparsity off; None, the default, leaves it to the cost
-    model and is not passed on, so backends without the option keep working)."""
+    ``"sparsity"`` when given (False turns direction sparsity off, an int caps the blocks per element; None and
+    True, the default, leave it to the cost model and are not passed on, so backends without the option keep
+    working)."""
     out = {"chunk_size": chunk_size, "direction_chunk_size": direction_chunk_size}
     extra = {}
-    if sparsity is not None and not isinstance(sparsity, bool):
-        raise ValueError(f"sparsity must be None (the cost model decides) or a bool, got {sparsity!r}")
-    if sparsity is False:
-        extra["sparsity"] = False
+    integer = isinstance(sparsity, int | np.integer) and not isinstance(sparsity, bool)
+    if not (sparsity is None or isinstance(sparsity, bool) or (integer and sparsity >= 1)):
+        raise ValueError(
+            "sparsity must be None (the cost model decides), False (off), True, or a positive int (the most "
+            f"particles one element may depend on), got {sparsity!r}"
+        )
+    if sparsity is False or integer:
+        extra["sparsity"] = False if sparsity is False else int(sparsity)
     for key, value in out.items():
         if value is None:
             continue

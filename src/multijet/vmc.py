@@ -27,7 +27,7 @@ def local_kinetic_energy(
     method: str = "collapsed",
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
-    sparsity: bool | None = None,
+    sparsity: bool | int | None = None,
 ):
     """``−½ Σ_i (1/m_i) (∂_i² log ψ + (∂_i log ψ)²)`` at ``x`` of shape (D,) or (N, D).
 

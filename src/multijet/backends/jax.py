@@ -340,7 +340,7 @@ def run(
     return_grad: bool = False,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
-    sparsity: bool | None = None,
+    sparsity: bool | int | None = None,
 ):
     """Evaluate the plan on ``f`` at ``x`` (D,) or (N, D); returns ``(value, result, grad)``. ``chunk_size``
     points and ``direction_chunk_size`` directions per pass, each under ``lax.map``; ``sparsity``: direction
@@ -362,7 +362,7 @@ def compile(
     return_grad: bool = False,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
-    sparsity: bool | None = None,
+    sparsity: bool | int | None = None,
 ):
     """Trace ``f`` once at ``x_example`` and return the jitted ``x -> (value, result, grad)``.
 

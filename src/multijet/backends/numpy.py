@@ -123,7 +123,7 @@ def _wsum(w: np.ndarray, ones: bool) -> Callable:
 
 
 def _evaluate(program, plan: Plan, method: str, return_grad: bool, x0, dtype, N: int, dchunk: int | None = None,
-              sparsity: bool | None = None):  # fmt: skip
+              sparsity: bool | int | None = None):  # fmt: skip
     """The engine over the plan's groups; ``(value, result, gradient)`` in the layout. ``dchunk`` directions
     per pass (blocks one after the other; unit directions seeded as rows of the identity, never D×D);
     ``sparsity`` as in :func:`multijet.engine.group_specs`."""
@@ -198,7 +198,7 @@ def run(
     return_grad: bool = False,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
-    sparsity: bool | None = None,
+    sparsity: bool | int | None = None,
 ):
     """Evaluate ``Σ_groups Σ_r w_r f_K(v_r)`` at ``x`` of shape (D,) or (N, D). Returns ``(value, result, grad)``.
 

@@ -84,7 +84,7 @@ def build(
     return_grad: bool,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
-    sparsity: bool | None = None,
+    sparsity: bool | int | None = None,
 ) -> JetProgram:
     """Capture ``f`` at one point of ``x_example``'s dtype/device and emit the jet program for ``plan``.
 
@@ -214,7 +214,7 @@ def run(
     return_grad: bool = False,
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
-    sparsity: bool | None = None,
+    sparsity: bool | int | None = None,
 ):
     """Evaluate ``Σ_groups Σ_r w_r f_K(v_r)`` at ``x`` (D,) or (N, D): ``(value, result, grad)``; ``chunk_size``
     points and ``direction_chunk_size`` directions per pass; ``sparsity`` as in :func:`build`."""

@@ -28,7 +28,7 @@ from .program import Program
 from .propagate import propagate
 from .schedule import Schedule, make_schedule
 from .sparse_run import SparseRun
-from .sparsity import SparsePlan, sparse_plan
+from .sparsity import MAX_SET, SparsePlan, sparse_plan
 
 __all__ = [
     "GroupSpec",
@@ -57,7 +57,7 @@ class GroupSpec:
     blocks: int = 1  # direction blocks of ``R`` directions; the last one may be partial (or padded)
     size: int = 0  # all directions of the group (``R`` when ``blocks == 1``)
     unit: bool = False  # unit directions on fewer than half the axes: the backend seeds Identity(R, axes)
-    sparse: bool = False  # try direction sparsity (identity seed in one block, per-direction coefficients)
+    sparse: int = 0  # direction sparsity: the most particles (blocks) one element may depend on; 0: off
 
 
 def block_sizes(size: int, chunk: int | None) -> tuple[int, int]:
@@ -68,14 +68,14 @@ def block_sizes(size: int, chunk: int | None) -> tuple[int, int]:
 
 
 def group_specs(
-    plan, method: str, return_grad: bool, direction_chunk: int | None = None, sparsity: bool | None = None
+    plan, method: str, return_grad: bool, direction_chunk: int | None = None, sparsity: bool | int | None = None
 ) -> tuple[GroupSpec, ...]:
     """The plan's groups (plus a gradient group when no group yields the gradient).
 
     ``method="nested"`` gives standard specs without sharing (nested AD runs every group itself). Unit
     directions on at least half the axes run as the identity seed over all D (zero weight on the others).
-    ``sparsity``: None lets the cost model decide where direction sparsity pays (identity groups in one
-    block), False turns it off.
+    ``sparsity``: None (or True) lets the cost model decide where direction sparsity pays (identity groups in
+    one block), False turns it off, an int ``k ≥ 1`` also caps the blocks one element may depend on at ``k``.
     """
     collapsed = method == "collapsed"
     share = method != "nested"
@@ -99,7 +99,8 @@ def group_specs(
         R, n = block_sizes(plan.dim, direction_chunk)
         out.append(GroupSpec(1, R, True, True, False, gradient_only=True, blocks=n, size=plan.dim))
     if sparsity is not False and method != "nested":
-        out = [replace(s, sparse=True) if _sparse_candidate(s) else s for s in out]
+        cap = MAX_SET if sparsity is None or sparsity is True else int(sparsity)
+        out = [replace(s, sparse=cap) if _sparse_candidate(s) else s for s in out]
     return tuple(out)
 
 
@@ -170,7 +171,7 @@ def schedule_text(program: Program, specs: tuple[GroupSpec, ...]) -> str:
             continue
         inlined = inline_calls(program)
         plans = inlined.__dict__.get("_sparse_plans", {})
-        plan = next((p for (R, order, _), p in plans.items() if (R, order) == (s.R, s.order)), "?")
+        plan = next((p for (R, order, _, cap), p in plans.items() if (R, order, cap) == (s.R, s.order, s.sparse)), "?")
         if plan == "?":
             parts.append(str(schedule_for(program, s)) + "\ndirection sparsity: not analysed yet (runs on first call)")
         elif plan is None:
@@ -244,7 +245,7 @@ def _sparse(program: Program, spec: GroupSpec, ctx: Context) -> SparsePlan | Non
     layout = ctx.layout
     if not spec.sparse or not hasattr(layout, "probe"):
         return None
-    return sparse_plan(inline_calls(program), spec.R, layout.probe, layout.concrete, spec.order)
+    return sparse_plan(inline_calls(program), spec.R, layout.probe, layout.concrete, spec.order, cap=spec.sparse)
 
 
 def python_loop(concat: Callable[[list], Any]) -> Loop:

@@ -394,11 +394,12 @@ def row_slogdet(eqn: Equation, order: int) -> bool:
 
 
 def sparse_plan(program: Program, R: int, probe: Probe, concrete: Callable, order: int,
-                candidates: tuple[int, ...] = BLOCK_CANDIDATES) -> SparsePlan | None:  # fmt: skip
+                candidates: tuple[int, ...] = BLOCK_CANDIDATES, cap: int = MAX_SET) -> SparsePlan | None:  # fmt: skip
     """The cheapest block size for unit directions ``e_1 … e_R`` on ``program``'s input (None: dense is as
-    cheap). ``program`` must have its calls inlined. Cached on the program per ``(R, order)``."""
+    cheap), with at most ``cap`` blocks per element. ``program`` must have its calls inlined. Cached on the
+    program per ``(R, order, candidates, cap)``."""
     cache = program.__dict__.setdefault("_sparse_plans", {})
-    key = (R, order, candidates)
+    key = (R, order, candidates, cap)
     if key in cache:
         return cache[key]
     (xvar,) = program.invars
@@ -406,7 +407,7 @@ def sparse_plan(program: Program, R: int, probe: Probe, concrete: Callable, orde
     for b in _candidates(program, R, candidates):
         if b >= R or R % b or xvar.shape != (R,):
             continue
-        sets = BlockSets(R // b, cap=max(1, min(MAX_SET, R // (2 * b))))
+        sets = BlockSets(R // b, cap=max(1, min(cap, R // (2 * b))))
         pats, why = analyse(program, np.arange(R) // b, probe, concrete, sets)
         plan = _choose(program, pats, why, sets, b, R, order)
         if best is None or plan.cost < best.cost:
