@@ -307,3 +307,29 @@ def test_sparsity_threshold_caps_the_blocks_per_element():
     capped = mj.compile(mj.Laplacian(), f, X, sparsity=1)
     _close(capped(X), nested)
     assert "kept [slots]" in capped.schedule and "[6]" not in capped.schedule
+
+
+def test_jax_sparse_under_grad_of_parameters():
+    """A VMC training step differentiates the energy with respect to the wavefunction's parameters."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    n = 4
+    rng = np.random.default_rng(9)
+    W0 = jnp.asarray(rng.standard_normal((3, 6)) / np.sqrt(3))
+    iu, ju = np.triu_indices(n, 1)
+    X = jnp.asarray(rng.standard_normal((3, 3 * n)))
+
+    def energy(W, sparsity):
+        def log_psi(x):
+            r = x.reshape(n, 3)
+            d = r[iu] - r[ju]
+            return jnp.sum(jnp.tanh(r @ W)) + jnp.sum(jnp.sqrt(jnp.sum(d * d, -1) + 0.1))
+
+        return jnp.mean(mj.local_kinetic_energy(log_psi, X, backend="jax", sparsity=sparsity))
+
+    g_sparse = jax.jit(jax.grad(energy), static_argnums=1)(W0, None)
+    g_dense = jax.grad(energy)(W0, False)
+    _close(g_sparse, g_dense)
+    assert float(jnp.abs(g_sparse).max()) > 0
