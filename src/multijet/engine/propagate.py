@@ -71,6 +71,8 @@ def propagate(
         else:
             outs = RULES[kind](rctx, eqn, ins)
             outs = [_fit(rctx, o, v) for o, v in zip(outs, eqn.outs, strict=True)]
+        if sparse is not None:  # a value no particle reaches carries no per-direction coefficient in any width
+            outs = [sparse.trim(j, v) for j, v in zip(outs, eqn.outs, strict=True)]
         for v, jet in zip(eqn.outs, outs, strict=True):
             _check(eqn, v, jet, schedule)
             env[v] = jet

@@ -163,5 +163,12 @@ class SparseRun:
             self._dense[var] = out
         return out
 
+    def trim(self, jet: list, var: Var) -> list:
+        """``jet`` without per-direction coefficients when no direction reaches ``var`` (they are zero)."""
+        p = self.plan.patterns.get(var)
+        if p is None or not (p == -1).all():
+            return jet
+        return [c if k == 0 or not self.ctx.per_direction(k) else None for k, c in enumerate(jet)]
+
     def forget(self, var: Var) -> None:
         self._dense.pop(var, None)
