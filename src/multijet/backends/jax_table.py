@@ -284,8 +284,9 @@ register_rule("sub", _sum(1.0, -1.0), "sum")
 register_rule("neg", _sum(-1.0), "sum")
 for _n in ("reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "rev", "slice",
            "cumsum", "convert_element_type", "copy", "copy_p", "reduce_precision", "dynamic_slice", "gather",
-           "split", "sharding_constraint", "optimization_barrier"):  # fmt: skip
+           "split", "sharding_constraint"):  # fmt: skip
     register_rule(_n, _linear((0,)), "linear")
+register_rule("optimization_barrier", _linear(None), "linear")  # identity on every operand
 register_rule(
     "reduce_sum", lambda eqn, cap: kinds.Linear(_lifted(eqn), (0,), "positive", tuple(eqn.params["axes"])), "linear"
 )

@@ -61,6 +61,8 @@ class JetProgram:
 
     def __init__(self, gm: fx.GraphModule, captured: fx.GraphModule, program, build_seconds: float, chunk: int, specs):
         self.graph_module = gm
+        # a sparse plan may follow gathers by integer tensors written in f: their values now, to spot in-place edits
+        self.literals = _literal_snapshots(captured) if engine.uses_sparsity(program) else []
         self.captured = captured
         self.program = program
         self.specs = specs  # the group specs the program was emitted for (``.schedule``)
@@ -73,6 +75,21 @@ class JetProgram:
 
     def __call__(self, X):
         return by_points(self.graph_module, X, self.chunk, torch.cat)
+
+    def stale(self) -> bool:
+        """Whether an integer constant the sparse plan relied on was changed in place since the build."""
+        return any(live.shape != seen.shape or not torch.equal(live, seen) for live, seen in self.literals)
+
+
+def _literal_snapshots(gm: fx.GraphModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(live tensor, copy)`` for each integer tensor constant of the captured graph (indices written in f)."""
+    out = []
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and node.target.startswith("_tensor_constant"):
+            t = getattr(gm, node.target)
+            if isinstance(t, torch.Tensor) and not t.is_floating_point() and not t.is_complex():
+                out.append((t, t.detach().clone()))
+    return out
 
 
 def build(
@@ -255,7 +272,7 @@ class CompiledTorch:
     def program(self, X: torch.Tensor) -> JetProgram:
         key = (X.dtype, X.device)
         prog = self._programs.get(key)
-        if prog is None:
+        if prog is None or prog.stale():  # rebuilt when indices the sparse plan follows were edited in place
             prog = _build_for(self.plan, self.f, X, self.method, self.return_grad, **self.chunks)
             self._programs[key] = prog
         return prog

@@ -137,6 +137,15 @@ def _argreduce(fn):
     return build
 
 
+def _remainder(n):
+    """``x mod c`` with a constant ``c``: ``x − c·⌊x/c⌋`` (or trunc) is ``x`` plus a piecewise constant, so
+    ``y_k = x_k``. A divisor that is not a program constant goes to the generic rule."""
+    x, c = n.args[0], n.args[1]
+    if not isinstance(x, In) or (isinstance(c, In) and c.cst is None):
+        return None
+    return kinds.Sum((1.0, 0.0)[: len(n.ins)], bcast(n))
+
+
 def _detach(n):
     return kinds.Zero(lambda c: [c.map(torch.detach)])
 
@@ -195,8 +204,9 @@ for _n in ("exp", "tanh", "rsqrt", "sqrt", "log", "sin", "cos"):
     TABLE[f"prims.{_n}"] = _elementwise(_n)
 for _n in ("sign", "floor", "ceil", "round", "trunc", "gt", "lt", "ge", "le", "eq", "ne", "logical_and",
            "logical_or", "logical_not", "logical_xor", "isnan", "isinf", "isfinite", "bitwise_and", "bitwise_or",
-           "bitwise_not", "heaviside", "div.Tensor_mode", "remainder", "fmod"):  # fmt: skip
+           "bitwise_not", "heaviside", "div.Tensor_mode"):  # fmt: skip
     TABLE[_n] = _zero
+TABLE["remainder"] = TABLE["fmod"] = _remainder
 TABLE["detach"] = TABLE["detach_copy"] = _detach
 TABLE["argmax"] = _argreduce(torch.argmax)
 TABLE["argmin"] = _argreduce(torch.argmin)

@@ -19,7 +19,17 @@ from .context import Context, Identity, Layout
 from .outputs import stack_outputs
 from .program import Equation, Program, Var
 from .propagate import propagate
-from .run import GroupSpec, block_sizes, evaluate, group_specs, group_weights, python_loop, schedule_for, schedule_text
+from .run import (
+    GroupSpec,
+    block_sizes,
+    evaluate,
+    group_specs,
+    group_weights,
+    python_loop,
+    schedule_for,
+    schedule_text,
+    uses_sparsity,
+)
 from .schedule import Schedule, make_schedule
 
 __all__ = [
@@ -38,6 +48,7 @@ __all__ = [
     "GroupSpec",
     "schedule_for",
     "schedule_text",
+    "uses_sparsity",
     "python_loop",
     "group_weights",
     "block_sizes",

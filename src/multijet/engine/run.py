@@ -37,6 +37,7 @@ __all__ = [
     "evaluate",
     "schedule_for",
     "schedule_text",
+    "uses_sparsity",
     "block_sizes",
     "python_loop",
 ]
@@ -238,6 +239,13 @@ def evaluate(
         if spec.served and spec.order == 0:
             total = _add(total, _top_sum(group_inputs(j, spec)[0], [value]))
     return value, total, grad
+
+
+def uses_sparsity(program: Program) -> bool:
+    """Whether a group of ``program`` has run under a sparse plan (whose patterns may rest on the values of
+    integer constants: a compiled program must rebuild if those change)."""
+    plans = inline_calls(program).__dict__.get("_sparse_plans", {})
+    return any(p is not None for p in plans.values())
 
 
 def _sparse(program: Program, spec: GroupSpec, ctx: Context) -> SparsePlan | None:
