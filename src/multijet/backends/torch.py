@@ -27,6 +27,7 @@ from .. import engine
 from ..chunking import by_points, split_directions
 from ..plan import Plan
 from .torch_capture import capture, enclosed, outside_trace, raise_if_data_dependent, to_program
+from .torch_distributed import through, unwrap
 from .torch_emit import Co, Emitter, GroupSums
 from .torch_generic import is_generic_node
 from .torch_nested import nested_program, run_nested
@@ -237,14 +238,16 @@ def run(
     points and ``direction_chunk_size`` directions per pass; ``sparsity`` as in :func:`build`."""
     _check(method)
     X, batched = _as_batch(x)
+    f, ddp = unwrap(f)  # DistributedDataParallel: capture its module, evaluate through it (gradients averaged)
     if method == "nested":
         p = split_directions(plan, direction_chunk_size)
-        return _unbatch(by_points(lambda Xc: run_nested(p, f, Xc, return_grad), X, chunk_size, torch.cat), batched)
+        fn = lambda Xc: run_nested(p, f, Xc, return_grad)  # noqa: E731
+        return _unbatch(through(ddp, lambda X_: by_points(fn, X_, chunk_size, torch.cat), X), batched)
     prog = _build_for(
         plan, f, X, method, return_grad, chunk_size=chunk_size, direction_chunk_size=direction_chunk_size,
         sparsity=sparsity,
     )  # fmt: skip
-    return _unbatch(prog(X), batched)
+    return _unbatch(through(ddp, prog, X), batched)
 
 
 class CompiledTorch:
@@ -252,6 +255,7 @@ class CompiledTorch:
 
     def __init__(self, plan: Plan, f: Callable, x_example, method: str, return_grad: bool, **chunks):
         _check(method)
+        f, self.ddp = unwrap(f)  # DistributedDataParallel: capture its module, evaluate through it
         self.plan, self.f, self.method, self.return_grad = plan, f, method, return_grad
         self.chunks = chunks
         self._nested_plan = split_directions(plan, chunks.get("direction_chunk_size"))
@@ -300,8 +304,9 @@ class CompiledTorch:
         if self.method == "nested":
             program, p = self.nested_program(X), self._nested_plan
             fn = lambda Xc: run_nested(p, self.f, Xc, self.return_grad, program)  # noqa: E731
-            return _unbatch(by_points(fn, X, self.chunks.get("chunk_size"), torch.cat), batched)
-        return _unbatch(self.program(X)(X), batched)
+            chunk = self.chunks.get("chunk_size")
+            return _unbatch(through(self.ddp, lambda X_: by_points(fn, X_, chunk, torch.cat), X), batched)
+        return _unbatch(through(self.ddp, self.program(X), X), batched)
 
 
 def compile(plan: Plan, f: Callable, x_example, *, method: str = "collapsed", return_grad: bool = False, **chunks):
