@@ -79,3 +79,51 @@ def _env() -> dict:
     import os
 
     return dict(os.environ)
+
+
+@pytest.fixture(scope="module")
+def sharded():
+    """The checks of tests/sharding_worker.py, run once in a subprocess with 4 host devices."""
+    pytest.importorskip("jax")
+    import json
+    import os
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "sharding_worker.py")], capture_output=True, text=True, timeout=900, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.jax
+def test_jax_sharded_batch_same_numbers_and_stays_sharded(sharded):
+    """laplacian / weighted / return_grad / randomised / bilaplacian / compile / chunked / local kinetic energy,
+    eagerly and under jit, on Explicit and Auto meshes, and inside shard_map (slogdet, integer_pow, cond,
+    fori_loop): the numbers of one device, the result sharded like the batch, no collective in the program."""
+    assert sharded["devices"] == 4
+    checks = {k: v for k, v in sharded.items() if isinstance(v, dict) and "err" in v}
+    assert len(checks) >= 30
+    assert checks["oracle: logpsi vs nested jax.hessian"]["err"] < 1e-10
+    for name, c in checks.items():
+        assert c["err"] < 1e-12, (name, c)
+        assert c["kept"], (name, c)
+        assert c.get("collectives", 0) == 0, (name, c)
+
+
+@pytest.mark.jax
+def test_jax_sharding_bad_input_is_named(sharded):
+    errors = sharded["errors"]
+    assert "mesh axis 'data' does not exist" in errors["unknown axis"] and "('batch',)" in errors["unknown axis"]
+    for key in ("indivisible", "indivisible compile"):
+        assert errors[key].startswith("ValueError") and "6 points does not divide" in errors[key], errors[key]
+    assert "there is no mesh" in errors["no mesh"]
+
+
+@pytest.mark.torch
+def test_mesh_keywords_on_torch_point_to_ddp():
+    torch = pytest.importorskip("torch")
+    import multijet as mj
+
+    with pytest.raises(ValueError, match="DistributedDataParallel"):
+        mj.laplacian(lambda x: (x**2).sum(), torch.ones(4, 2), batch_axis="batch")

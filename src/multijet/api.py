@@ -88,6 +88,8 @@ def apply(
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
     sparsity: bool | int | None = None,
+    mesh=None,
+    batch_axis: str | tuple[str, ...] | None = None,
 ):
     """Evaluate the operator ``op`` on ``f`` at ``x``.
 
@@ -103,9 +105,12 @@ def apply(
     ``sparsity=False`` turns off direction sparsity, which by default carries only the directions each value
     can depend on (per particle: unit directions grouped in blocks) wherever the cost model finds it pays;
     ``sparsity=k`` (an int) also lets one element depend on at most ``k`` particles before it counts as dense.
+    JAX: a batch sharded over devices (placed with a ``NamedSharding``, or named by ``batch_axis`` of ``mesh``)
+    stays sharded, result included; on torch, wrap the module in ``DistributedDataParallel``.
     """
     chunks = check_chunks(chunk_size, direction_chunk_size, sparsity)
     name, module = _backend(backend, x, op, f, method, samples, distribution)
+    chunks |= _sharding(name, mesh, batch_axis)
     _check_method(method)
     X = _check_x(x)
     seed = _seed(module, seed)
@@ -190,14 +195,17 @@ def compile(
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
     sparsity: bool | int | None = None,
+    mesh=None,
+    batch_axis: str | tuple[str, ...] | None = None,
 ) -> Compiled:
     """Plan (and, where the backend can, trace) once; returns a callable ``x -> P f(x)`` for training loops.
 
     A randomised compiled operator keeps its directions fixed (drawn once from ``seed``). ``chunk_size`` and
-    ``direction_chunk_size`` and ``sparsity`` as in :func:`apply`.
+    ``direction_chunk_size``, ``sparsity``, ``mesh`` and ``batch_axis`` as in :func:`apply`.
     """
     chunks = check_chunks(chunk_size, direction_chunk_size, sparsity)
     name, module = _backend(backend, x_example, op, f, method, samples, distribution)
+    chunks |= _sharding(name, mesh, batch_axis)
     _check_method(method)
     X = _check_x(x_example)
     seed = _seed(module, seed)
@@ -260,6 +268,19 @@ def _route(route: str | None, module, method: str) -> str | None:
             f"{getattr(module, 'NAME', module.__name__)!r} declares no NESTS = True"
         )
     return route
+
+
+def _sharding(backend: str, mesh, batch_axis) -> dict:
+    """``mesh``/``batch_axis`` for the JAX executor; a clear error elsewhere."""
+    if mesh is None and batch_axis is None:
+        return {}
+    if backend != "jax":
+        raise ValueError(
+            f"mesh= and batch_axis= shard a JAX batch over devices; the {backend} backend does not take them "
+            "(torch: wrap the module in torch.nn.parallel.DistributedDataParallel, see "
+            "examples/poisson_pinn_ddp_torch.py)"
+        )
+    return {"mesh": mesh, "batch_axis": batch_axis}
 
 
 def _check_method(method: str) -> None:

@@ -8,6 +8,7 @@ directions are the unit vectors) stays unbatched under ``vmap``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import weakref
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from ..engine.program import Equation, Program, Var
 from ..plan import Plan
 from .jax_linalg import LINALG_CALLS  # noqa: F401  (registers the linear-algebra rules)
 from .jax_nested import nested_point, unit_rows
+from .jax_sharding import from_type, resolve
 from .jax_sparse import SparseOps
 from .jax_table import KINDS, RULES, bind_fn, map_lead, register_rule
 
@@ -247,11 +249,28 @@ def _point(jaxpr, specs, method: str, return_grad: bool, program: Program | None
     return partial(_jet_point, jaxpr if program is None else program, specs, return_grad, dict(static or ()))
 
 
-def _evaluate(point, chunk, consts, X, arrays):
+def _evaluate(point, chunk, shard, consts, X, arrays):
     """``point`` per point under ``vmap``; ``chunk`` points per pass under ``lax.map`` (the last chunk padded
-    with copies of the last point, dropped afterwards)."""
+    with copies of the last point, dropped afterwards). A batch sharded over devices (``shard``, or the sharding
+    ``X``'s type carries) stays so: chunks are taken within each device's rows, and the result is sharded like
+    the batch (:mod:`.jax_sharding`)."""
     if X.ndim == 1:
         return point(consts, X, arrays)
+    shard = shard or from_type(X)
+    if shard is None:
+        return _chunked(point, chunk, consts, X, arrays)
+    shard.check(X.shape[0])
+    with shard.context():
+        X = shard.constrain(X)
+        if chunk is None or X.shape[0] // shard.size <= chunk:
+            out = _chunked(point, None, consts, X, arrays)
+        else:
+            per_device = jax.vmap(partial(_chunked, point, chunk, consts), in_axes=(0, None))
+            out = jax.tree_util.tree_map(shard.merge, per_device(shard.split(X), arrays))
+        return jax.tree_util.tree_map(shard.constrain, out)
+
+
+def _chunked(point, chunk, consts, X, arrays):
     batch = jax.vmap(point, in_axes=(None, 0, None))
     N = X.shape[0]
     if chunk is None or N <= chunk:
@@ -277,15 +296,16 @@ def _static_consts(consts: list) -> tuple:
     return tuple(out)
 
 
-def _runner(jaxpr, specs, method, return_grad, chunk=None, static: tuple = ()) -> Callable:
+def _runner(jaxpr, specs, method, return_grad, chunk=None, static: tuple = (), shard=None) -> Callable:
     """A jitted ``(consts, X, arrays) -> (value, result, grad)``, cached on the program's text, its integer
     constants and the plan's static structure (so repeated eager calls, with new parameters or new random
     directions, reuse it)."""
     static_key = tuple((i, a.dtype.str, a.shape, a.tobytes()) for i, a in static)
-    key = (str(jaxpr), specs, method, return_grad, chunk, engine.is_strict(), frozenset(RULES.items()), static_key)
+    key = (str(jaxpr), specs, method, return_grad, chunk, engine.is_strict(), frozenset(RULES.items()), static_key,
+           shard)  # fmt: skip
     fn = _RUNNERS.get(key)
     if fn is None:
-        fn = jax.jit(partial(_evaluate, _point(jaxpr, specs, method, return_grad, static=static), chunk))
+        fn = jax.jit(partial(_evaluate, _point(jaxpr, specs, method, return_grad, static=static), chunk, shard))
         _RUNNERS[key] = fn
         if len(_RUNNERS) > _MAX_RUNNERS:
             _RUNNERS.popitem(last=False)
@@ -327,6 +347,10 @@ def _build_specs_arrays(plan: Plan, method: str, return_grad: bool, dtype, dchun
     return specs, tuple(arrays)
 
 
+def _mesh_context(shard):
+    return contextlib.nullcontext() if shard is None else shard.context()
+
+
 def _as_array(x):
     return x if isinstance(x, jax.Array) else jnp.asarray(x)
 
@@ -341,16 +365,21 @@ def run(
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
     sparsity: bool | int | None = None,
+    mesh=None,
+    batch_axis: str | tuple[str, ...] | None = None,
 ):
     """Evaluate the plan on ``f`` at ``x`` (D,) or (N, D); returns ``(value, result, grad)``. ``chunk_size``
     points and ``direction_chunk_size`` directions per pass, each under ``lax.map``; ``sparsity``: direction
-    sparsity where the cost model finds it pays (None) or never (False)."""
+    sparsity where the cost model finds it pays (None) or never (False). A batch sharded over ``batch_axis`` of
+    ``mesh`` (default: as ``x`` is placed) stays sharded (:mod:`.jax_sharding`)."""
     x = _as_array(x)
-    closed = capture(f, x)
+    shard = resolve(x, mesh, batch_axis)
+    with _mesh_context(shard or from_type(x)):  # the captured program's types name the mesh its batch runs on
+        closed = capture(f, x)
     specs, arrays = _specs_arrays(plan, method, return_grad, x.dtype, direction_chunk_size, sparsity)
     consts = list(closed.consts)
-    fn = _runner(closed.jaxpr, specs, method, return_grad, chunk_size, _static_consts(consts))
-    return fn(consts, x, arrays)
+    fn = _runner(closed.jaxpr, specs, method, return_grad, chunk_size, _static_consts(consts), shard)
+    return fn(consts, x if shard is None else shard.place(x), arrays)
 
 
 def compile(
@@ -363,6 +392,8 @@ def compile(
     chunk_size: int | None = None,
     direction_chunk_size: int | None = None,
     sparsity: bool | int | None = None,
+    mesh=None,
+    batch_axis: str | tuple[str, ...] | None = None,
 ):
     """Trace ``f`` once at ``x_example`` and return the jitted ``x -> (value, result, grad)``.
 
@@ -371,28 +402,51 @@ def compile(
     parameters, call ``mj.laplacian`` inside your own ``jax.jit``/``jax.grad`` instead.
     """
     x_example = _as_array(x_example)
-    closed = capture(f, x_example)
-    jaxpr, consts = closed.jaxpr, list(closed.consts)
+    named = resolve(x_example, mesh, batch_axis) if (mesh is not None or batch_axis is not None) else None
     specs, arrays = _specs_arrays(plan, method, return_grad, x_example.dtype, direction_chunk_size, sparsity)
-    program = None if method == "nested" else _Capture().program(jaxpr, consts)  # the one the jit trace runs
-    point = _point(jaxpr, specs, method, return_grad, program)
-    fn = jax.jit(lambda x: _evaluate(point, chunk_size, consts, x, arrays))
-    return CompiledJax(fn, x_example, program, specs)
+
+    def build(shard):
+        """The jitted program for a batch sharded as ``shard`` (captured with its mesh as the context mesh)."""
+        with _mesh_context(shard):
+            closed = capture(f, x_example)
+        jaxpr, consts = closed.jaxpr, list(closed.consts)
+        program = None if method == "nested" else _Capture().program(jaxpr, consts)  # the one the jit trace runs
+        point = _point(jaxpr, specs, method, return_grad, program)
+        return jax.jit(lambda x: _evaluate(point, chunk_size, shard, consts, x, arrays)), program
+
+    return CompiledJax(build, x_example, specs, named)
 
 
 class CompiledJax:
-    """``compile``'s callable: the jitted jet program; ``.code`` prints its jaxpr, ``.lower`` lowers it."""
+    """``compile``'s callable: the jitted jet program; ``.code`` prints its jaxpr, ``.lower`` lowers it.
 
-    def __init__(self, fn, x_example, program: Program | None = None, specs: tuple = ()):
-        self._fn, self._x_example = fn, x_example
-        self.program, self.specs = program, specs
-        self.lower = fn.lower
+    One program per batch sharding it meets (usually one): a batch sharded over a mesh is traced with that
+    mesh in context, and chunked within each device's rows."""
+
+    def __init__(self, build: Callable, x_example, specs: tuple = (), named=None):
+        self._build, self._x_example, self._named = build, x_example, named
+        self._fns: dict = {}
+        self.specs = specs
+        self._fn, self.program = self._for(self._sharding(x_example))
+
+    def _sharding(self, x):
+        """The batch sharding named at compile time, else the one ``x`` is placed with (or its type carries)."""
+        return self._named if self._named is not None else from_type(x)
+
+    def _for(self, shard):
+        if shard not in self._fns:
+            self._fns[shard] = self._build(shard)
+        return self._fns[shard]
 
     def __call__(self, x):
         x = _as_array(x)
         if x.dtype != self._x_example.dtype:
             raise TypeError(f"compiled for dtype {self._x_example.dtype}, got x of dtype {x.dtype}")
-        return self._fn(x)
+        shard = self._sharding(x)
+        return self._for(shard)[0](x if shard is None else shard.place(x))
+
+    def lower(self, x):
+        return self._for(self._sharding(x))[0].lower(x)
 
     @property
     def code(self) -> str:

@@ -24,7 +24,7 @@ from jax.extend import source_info_util
 
 from .. import engine
 from ..engine import kinds
-from .jax_table import _JAX_DIR, _call, bind_fn, lift, register_rule
+from .jax_table import _JAX_DIR, _call, bind_fn, lift, register_rule, vary_like
 
 __all__ = ["linalg_call", "LINALG_CALLS"]
 
@@ -42,7 +42,7 @@ def _unit_tril_inverse(s):
     """``(I + S)⁻¹`` for a strictly lower-triangular ``S``, row by row in one loop:
     ``X_i = e_i − S_i X`` (rows ``k ≥ i`` of ``X`` meet zeros of ``S_i``)."""
     n = s.shape[-1]
-    eye = jnp.broadcast_to(jnp.eye(n, dtype=s.dtype), s.shape)
+    eye = vary_like(jnp.broadcast_to(jnp.eye(n, dtype=s.dtype), s.shape), s)
 
     def row(i, x):
         s_i = lax.dynamic_index_in_dim(s, i, axis=-2, keepdims=True)
@@ -82,7 +82,7 @@ def cholesky(a):
         col = jnp.where(below >= j, v / jnp.sqrt(lax.dynamic_index_in_dim(v, j, axis=-1)), 0)
         return lax.dynamic_update_index_in_dim(lower, col[..., :, None], j, axis=-1)
 
-    return lax.fori_loop(0, n, column, jnp.zeros_like(a))
+    return lax.fori_loop(0, n, column, vary_like(jnp.zeros_like(a), a))
 
 
 def _inv(a):

@@ -20,7 +20,7 @@ from jax import lax
 from .. import extend
 from ..engine import kinds
 
-__all__ = ["RULES", "KINDS", "bind_fn", "lift", "map_lead", "register_rule"]
+__all__ = ["RULES", "KINDS", "bind_fn", "lift", "map_lead", "register_rule", "vary_like"]
 
 #: primitive name → builder(eqn, cap) -> kind record
 RULES: dict[str, Callable] = {}
@@ -42,10 +42,36 @@ def bind_fn(eqn) -> Callable:
     prim = eqn.primitive
 
     def fn(*args):
-        out = prim.bind(*subfuns, *args, **params)
+        out = prim.bind(*subfuns, *_same_varying(args), **params)
         return list(out) if prim.multiple_results else [out]
 
     return fn
+
+
+def _varying(a) -> frozenset:
+    """The manual mesh axes ``a`` varies over (its type's ``mat.varying``, or ``vma`` in older JAX)."""
+    aval = jax.typeof(a)
+    mat = getattr(aval, "mat", None)
+    found = getattr(mat, "varying", None) if mat is not None else getattr(aval, "vma", None)
+    return frozenset(found or ())
+
+
+def vary_like(x, *refs):
+    """``x`` cast to vary over the manual mesh axes ``refs`` vary over (inside ``shard_map``: a loop's initial
+    carry built from constants must have its body's type); ``x`` itself elsewhere."""
+    want = frozenset().union(*(_varying(r) for r in refs)) - _varying(x)
+    return lax.pcast(x, tuple(sorted(want)), to="varying") if want else x
+
+
+def _same_varying(args):
+    """Inside ``shard_map`` the operands of one primitive vary over the same manual mesh axes: ``lax.add`` and
+    the other wrappers cast a replicated operand (``pcast(…, to="varying")``); a direct ``bind`` must too."""
+    vmas = [_varying(a) for a in args]
+    union = frozenset().union(*vmas)
+    if not union or all(v == union for v in vmas):
+        return args
+    return [a if v == union else lax.pcast(a, tuple(sorted(union - v)), to="varying") for a, v in zip(args, vmas,
+                                                                                                  strict=True)]
 
 
 def map_lead(fn: Callable, args, per_direction) -> list:
