@@ -1,7 +1,7 @@
 """Run by ``test_distributed.py`` (not collected) with 4 host devices: prints one JSON line of checks.
 
-Each check is ``name → {"err": max |sharded − one device|, "kept": output sharded like the batch,
-"collectives": collective ops in the compiled program}``; the test asserts on them.
+Each check is ``name → {"err": max |sharded − one device| / max(1, max |one device|), "kept": output sharded
+like the batch, "collectives": collective ops in the compiled program}``; the test asserts on them.
 """
 
 from __future__ import annotations
@@ -19,12 +19,17 @@ from jax.sharding import AxisType, NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import multijet as mj  # noqa: E402
+from multijet.bench.wavefunctions import per_electron_like  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 rng = np.random.default_rng(0)
 N, D, n_el = 8, 6, 2
 PARAMS = {"W1": jnp.asarray(rng.normal(size=(16, D)) / D), "W2": jnp.asarray(rng.normal(size=(16,)) / 4)}
 PHI = jnp.asarray(rng.normal(size=(n_el, 3, 8)) / 2)
+
+
+VMC = per_electron_like(4)  # per-electron streams, slogdet: direction sparsity
+XV = jnp.asarray(rng.normal(size=(N, 12)))
 
 
 def mlp(p, x):
@@ -51,7 +56,8 @@ def collectives(fn, *args) -> int:
 
 def check(out, ref, sharding) -> dict:
     outs, refs = (out if isinstance(out, tuple) else (out,)), (ref if isinstance(ref, tuple) else (ref,))
-    err = max(float(np.max(np.abs(np.asarray(o) - np.asarray(r)))) for o, r in zip(outs, refs, strict=True))
+    err = max(float(np.max(np.abs(np.asarray(o) - np.asarray(r))) / max(1.0, np.max(np.abs(np.asarray(r)))))
+              for o, r in zip(outs, refs, strict=True))  # fmt: skip
     kept = sharding is None or all(o.sharding.is_equivalent_to(sharding, o.ndim) for o in outs)
     return {"err": err, "kept": kept}
 
@@ -68,6 +74,8 @@ def main() -> dict:
         "logpsi": mj.laplacian(logpsi, X),
         "kinetic": mj.local_kinetic_energy(logpsi, X),
         "nested": jax.vmap(lambda x: jnp.trace(jax.hessian(logpsi)(x)))(X),
+        "vmc": mj.laplacian(VMC, XV, direction_chunk_size=5),
+        "nested method": mj.laplacian(f, X, method="nested"),
     }
     res: dict = {"devices": len(jax.devices())}
     res["oracle: logpsi vs nested jax.hessian"] = check(one["logpsi"], one["nested"], None)
@@ -75,7 +83,7 @@ def main() -> dict:
         axis_type = AxisType.Explicit if kind == "explicit" else AxisType.Auto
         mesh = jax.make_mesh((4,), ("batch",), axis_types=(axis_type,))
         S = NamedSharding(mesh, P("batch"))
-        Xs = jax.device_put(X, S)
+        Xs, XVs = jax.device_put(X, S), jax.device_put(XV, S)
         jit_lap = jax.jit(lambda x: mj.laplacian(f, x))
         jit_named = jax.jit(lambda x, m=mesh: mj.laplacian(f, x, mesh=m, batch_axis="batch", chunk_size=1))
         cases = {
@@ -93,6 +101,9 @@ def main() -> dict:
             "named placement": (mj.laplacian(f, X, mesh=mesh, batch_axis="batch"), one["laplacian"]),
             "logpsi": (jax.jit(lambda x: mj.laplacian(logpsi, x))(Xs), one["logpsi"]),
             "kinetic": (jax.jit(lambda x: mj.local_kinetic_energy(logpsi, x))(Xs), one["kinetic"]),
+            "nested method": (jax.jit(lambda x: mj.laplacian(f, x, method="nested"))(Xs), one["nested method"]),
+            "vmc direction chunks": (jax.jit(lambda x: mj.laplacian(VMC, x, direction_chunk_size=5))(XVs),
+                                     one["vmc"]),
         }  # fmt: skip
         for name, (out, ref) in cases.items():
             res[f"{kind}: {name}"] = check(out, ref, S)
@@ -113,6 +124,9 @@ def main() -> dict:
         mlp_sm = jax.jit(jax.shard_map(lambda x: mj.laplacian(f, x, chunk_size=1), mesh=mesh, in_specs=P("batch"),
                                        out_specs=P("batch")))  # fmt: skip
         res[f"{kind}: shard_map chunked mlp"] = check(mlp_sm(Xs), one["laplacian"], S)
+        vmc_sm = jax.jit(jax.shard_map(lambda x: mj.laplacian(VMC, x, direction_chunk_size=5), mesh=mesh,
+                                       in_specs=P("batch"), out_specs=P("batch")))  # fmt: skip
+        res[f"{kind}: shard_map vmc direction chunks"] = check(vmc_sm(XVs), one["vmc"], S)
 
     # parameters sharded as the user placed them (Auto mesh: data × model), gradient under jit
     mesh2 = jax.make_mesh((2, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2)

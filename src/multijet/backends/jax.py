@@ -8,7 +8,6 @@ directions are the unit vectors) stays unbatched under ``vmap``.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import weakref
 from collections.abc import Callable
@@ -30,7 +29,7 @@ from .jax_linalg import LINALG_CALLS  # noqa: F401  (registers the linear-algebr
 from .jax_nested import nested_point, unit_rows
 from .jax_sharding import from_type, resolve
 from .jax_sparse import SparseOps
-from .jax_table import KINDS, RULES, bind_fn, map_lead, register_rule
+from .jax_table import KINDS, RULES, bind_fn, map_lead, register_rule, vary_like
 
 __all__ = ["NAME", "run", "compile", "seed_from", "register_rule", "RULES", "KINDS", "set_strict", "capture"]
 
@@ -207,7 +206,7 @@ def _block_loop(block, spec: engine.GroupSpec):
     block, carried, not stacked), the total summed as the blocks run, the gradient's blocks joined (the
     padding past ``spec.size`` dropped)."""
     v0, t0, _ = jax.eval_shape(block, jnp.int32(0))
-    zeros = partial(jax.tree_util.tree_map, lambda a: jnp.zeros(a.shape, a.dtype))
+    zeros = partial(jax.tree_util.tree_map, lambda a: vary_like(jnp.zeros(a.shape, a.dtype), a))  # (shard_map)
 
     def step(carry, b):
         v, t, g = block(b)
@@ -252,22 +251,14 @@ def _point(jaxpr, specs, method: str, return_grad: bool, program: Program | None
 def _evaluate(point, chunk, shard, consts, X, arrays):
     """``point`` per point under ``vmap``; ``chunk`` points per pass under ``lax.map`` (the last chunk padded
     with copies of the last point, dropped afterwards). A batch sharded over devices (``shard``, or the sharding
-    ``X``'s type carries) stays so: chunks are taken within each device's rows, and the result is sharded like
-    the batch (:mod:`.jax_sharding`)."""
+    ``X``'s type carries) runs as each device's program on its own rows (``shard_map`` over the batch axes), so
+    it stays sharded, result included (:mod:`.jax_sharding`)."""
     if X.ndim == 1:
         return point(consts, X, arrays)
     shard = shard or from_type(X)
     if shard is None:
         return _chunked(point, chunk, consts, X, arrays)
-    shard.check(X.shape[0])
-    with shard.context():
-        X = shard.constrain(X)
-        if chunk is None or X.shape[0] // shard.size <= chunk:
-            out = _chunked(point, None, consts, X, arrays)
-        else:
-            per_device = jax.vmap(partial(_chunked, point, chunk, consts), in_axes=(0, None))
-            out = jax.tree_util.tree_map(shard.merge, per_device(shard.split(X), arrays))
-        return jax.tree_util.tree_map(shard.constrain, out)
+    return shard.per_device(partial(_chunked, point, chunk), consts, X, arrays)
 
 
 def _chunked(point, chunk, consts, X, arrays):
@@ -347,10 +338,6 @@ def _build_specs_arrays(plan: Plan, method: str, return_grad: bool, dtype, dchun
     return specs, tuple(arrays)
 
 
-def _mesh_context(shard):
-    return contextlib.nullcontext() if shard is None else shard.context()
-
-
 def _as_array(x):
     return x if isinstance(x, jax.Array) else jnp.asarray(x)
 
@@ -374,8 +361,7 @@ def run(
     ``mesh`` (default: as ``x`` is placed) stays sharded (:mod:`.jax_sharding`)."""
     x = _as_array(x)
     shard = resolve(x, mesh, batch_axis)
-    with _mesh_context(shard or from_type(x)):  # the captured program's types name the mesh its batch runs on
-        closed = capture(f, x)
+    closed = capture(f, x)
     specs, arrays = _specs_arrays(plan, method, return_grad, x.dtype, direction_chunk_size, sparsity)
     consts = list(closed.consts)
     fn = _runner(closed.jaxpr, specs, method, return_grad, chunk_size, _static_consts(consts), shard)
@@ -406,9 +392,8 @@ def compile(
     specs, arrays = _specs_arrays(plan, method, return_grad, x_example.dtype, direction_chunk_size, sparsity)
 
     def build(shard):
-        """The jitted program for a batch sharded as ``shard`` (captured with its mesh as the context mesh)."""
-        with _mesh_context(shard):
-            closed = capture(f, x_example)
+        """The jitted program for a batch sharded as ``shard``."""
+        closed = capture(f, x_example)
         jaxpr, consts = closed.jaxpr, list(closed.consts)
         program = None if method == "nested" else _Capture().program(jaxpr, consts)  # the one the jit trace runs
         point = _point(jaxpr, specs, method, return_grad, program)

@@ -1,13 +1,10 @@
 """A batch sharded over mesh axes: found on the input or named by the user, kept through the jet program.
 
 Points are independent, so the jet program of a batch sharded over devices is the same program on each
-device's rows: no collective is needed, and none may be added. Two things could add one, and are handled here:
-
-- chunking by points (``chunk_size``) reshapes the batch into ``(chunks, chunk, D)``; chunks taken across the
-  shards would move rows between devices, so chunks are taken *within* each shard (``(S, N/S, D)``, the shard
-  axis vmapped and kept sharded), which needs ``N`` divisible by the ``S`` shards;
-- the result is constrained to the batch's sharding (``P(axes)`` on its leading axis), so the output stays
-  where its rows were computed.
+device's rows: no collective is needed, and none may be added. So a sharded batch runs as the per-device
+program under ``shard_map``, manual over the batch axes only: each device propagates its own rows (chunked by
+``chunk_size`` within them), the parameters stay as the user placed them on the other axes, and the result
+is sharded like the batch. This needs ``N`` divisible by the number of shards, which is checked first.
 
 The sharding is read from the input (a concrete array's ``NamedSharding``, or a traced array's type under an
 ``Explicit`` mesh) or named with ``mesh=``/``batch_axis=``. Inside ``shard_map`` the mesh axes are manual and
@@ -16,7 +13,6 @@ each device already holds its own rows: nothing is sharded here.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,54 +38,28 @@ class BatchSharding:
             n *= shape[a]
         return n
 
-    @property
-    def explicit(self) -> bool:
-        types = dict(zip(self.mesh.axis_names, self.mesh.axis_types, strict=True))
-        return all(types[a] == jax.sharding.AxisType.Explicit for a in self.axes)
-
     def sharding(self, ndim: int) -> NamedSharding:
         lead = self.axes[0] if len(self.axes) == 1 else self.axes
         return NamedSharding(self.mesh, PartitionSpec(lead, *([None] * (ndim - 1))))
 
-    def context(self):
-        """The mesh as the context mesh while the jet program is traced, where none is set and the axes are
-        ``Explicit``: primitives whose sharding rules read the context mesh (``lu`` under ``slogdet``) then
-        find it, as they do inside ``jax.set_mesh``."""
-        current = jax.sharding.get_abstract_mesh()
-        if not self.explicit or current.axis_names:
-            return contextlib.nullcontext()
-        mesh = self.mesh if isinstance(self.mesh, jax.sharding.AbstractMesh) else self.mesh.abstract_mesh
-        return jax.sharding.use_abstract_mesh(mesh)
-
     def place(self, x):
-        """A concrete ``x`` put on the mesh with the batch's sharding (a traced one is left to :meth:`constrain`)."""
+        """A concrete ``x`` put on the mesh with the batch's sharding (a traced one is moved by the ``shard_map``)."""
         if isinstance(x, jax.core.Tracer) or jnp.ndim(x) < 2 or isinstance(self.mesh, jax.sharding.AbstractMesh):
             return x
         self.check(x.shape[0])
         return jax.device_put(x, self.sharding(jnp.ndim(x)))
 
-    def constrain(self, a):
-        """``a`` with its leading axis sharded like the batch."""
-        if a is None or jnp.ndim(a) == 0:
-            return a
-        s = self.sharding(jnp.ndim(a))
-        return jax.sharding.reshard(a, s) if self.explicit else jax.lax.with_sharding_constraint(a, s)
-
-    def split(self, X):
-        """``(N, D) → (S, N/S, D)``: each device's rows along the (sharded) first axis."""
-        N = X.shape[0]
-        self.check(N)
-        shape = (self.size, N // self.size, *X.shape[1:])
-        if self.explicit:
-            return jnp.reshape(X, shape, out_sharding=self.sharding(len(shape)))
-        return self.constrain(jnp.reshape(X, shape))
-
-    def merge(self, a):
-        """``(S, N/S, …) → (N, …)``, sharded like the batch."""
-        shape = (a.shape[0] * a.shape[1], *a.shape[2:])
-        if self.explicit:
-            return jnp.reshape(a, shape, out_sharding=self.sharding(len(shape)))
-        return self.constrain(jnp.reshape(a, shape))
+    def per_device(self, fn, consts, X, arrays):
+        """``fn(consts, X_local, arrays)`` on each device's rows: ``shard_map`` manual over the batch axes only
+        (other mesh axes stay as the user placed the parameters), constants and directions replicated over
+        them, every output sharded like the batch."""
+        self.check(X.shape[0])
+        lead = self.axes[0] if len(self.axes) == 1 else self.axes
+        mapped = jax.shard_map(
+            fn, mesh=self.mesh, in_specs=(PartitionSpec(), PartitionSpec(lead), PartitionSpec()),
+            out_specs=PartitionSpec(lead), axis_names=set(self.axes), check_vma=False,
+        )  # fmt: skip  (no collective inside: per-device varying types would check nothing)
+        return mapped(consts, X, arrays)
 
     def check(self, N: int) -> None:
         if N % self.size:

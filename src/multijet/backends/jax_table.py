@@ -49,7 +49,10 @@ def bind_fn(eqn) -> Callable:
 
 
 def _varying(a) -> frozenset:
-    """The manual mesh axes ``a`` varies over (its type's ``mat.varying``, or ``vma`` in older JAX)."""
+    """The manual mesh axes ``a`` (an array or a ``ShapeDtypeStruct``) varies over: its type's
+    ``mat.varying`` (``vma`` in older JAX)."""
+    if isinstance(a, jax.ShapeDtypeStruct):
+        return frozenset(getattr(getattr(a, "manual_axis_type", None), "varying", None) or ())
     aval = jax.typeof(a)
     mat = getattr(aval, "mat", None)
     found = getattr(mat, "varying", None) if mat is not None else getattr(aval, "vma", None)
