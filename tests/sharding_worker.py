@@ -144,6 +144,16 @@ def main() -> dict:
                                  "kept": g["W1"].sharding.is_equivalent_to(p2["W1"].sharding, 2)}  # fmt: skip
     res["model-sharded laplacian"] = check(lap2, one["laplacian"], S2)
 
+    # a batch committed to one device stays there; autotune's device key names a sharded batch's devices
+    from multijet.timing import device_name
+
+    on2 = jax.device_put(X, jax.devices()[2])
+    out2 = mj.laplacian(f, on2)
+    res["committed device kept"] = {"err": check(out2, one["laplacian"], None)["err"],
+                                    "kept": out2.devices() == {jax.devices()[2]}}  # fmt: skip
+    res["device names"] = {"sharded": device_name(jax.device_put(X, NamedSharding(mesh2, P("data")))),
+                           "one": device_name(X)}  # fmt: skip
+
     # bad input: an axis the mesh does not have, a batch that does not divide
     mesh = jax.make_mesh((4,), ("batch",))
     errors = {}

@@ -112,6 +112,13 @@ def test_jax_sharded_batch_same_numbers_and_stays_sharded(sharded):
 
 
 @pytest.mark.jax
+def test_jax_device_names_count_the_devices_a_batch_spans(sharded):
+    names = sharded["device names"]
+    assert names["sharded"] == "cpu: 4 host devices", names
+    assert names["one"].startswith("cpu: ") and "host devices" not in names["one"], names
+
+
+@pytest.mark.jax
 def test_jax_sharding_bad_input_is_named(sharded):
     errors = sharded["errors"]
     assert "mesh axis 'data' does not exist" in errors["unknown axis"] and "('batch',)" in errors["unknown axis"]

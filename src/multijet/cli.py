@@ -183,6 +183,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     info = machine_info()
     info["autotune_cache"] = str(cache_path())
     info["devices"] = _devices(info["backends"])
+    info["accelerators"] = sorted({d for devs in info["devices"].values() for d in devs
+                                   if not d.startswith(("cpu", "error"))})  # fmt: skip
     for extra in ("rich", "matplotlib"):
         info["versions"][extra] = dist_version(extra)
     if args.json:
@@ -196,6 +198,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows += [[k, v or "not installed"] for k, v in info["versions"].items() if k not in ("multijet",)]
     rows.append(["backends", ", ".join(info["backends"]) or "none"])
     rows += [[f"devices ({k})", ", ".join(v)] for k, v in info["devices"].items()]
+    rows.append(["accelerators", ", ".join(info["accelerators"]) or "none visible (CPU only)"])
     rows.append(["autotune cache", info["autotune_cache"] + "  (override with $MULTIJET_CACHE_DIR)"])
     show(table("multijet info", ["item", "value"], rows))
     return 0

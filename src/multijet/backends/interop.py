@@ -104,11 +104,13 @@ class TorchInterop(Interop):
             torch.cuda.synchronize(obj.device)
 
     def device_name(self, x):
-        if getattr(x, "is_cuda", False):
+        device = getattr(x, "device", None)
+        kind = getattr(device, "type", "cpu")
+        if kind == "cuda":
             import torch
 
-            return f"cuda: {torch.cuda.get_device_name(x.device)}"
-        return None
+            return f"cuda: {torch.cuda.get_device_name(device)}"
+        return None if kind in ("cpu", "meta") else str(kind)  # xpu, mps, …
 
     def devices(self):
         import torch
@@ -170,10 +172,17 @@ class JaxInterop(Interop):
 
     def device_name(self, x):
         devices = getattr(x, "devices", None)
-        dev = next(iter(devices())) if callable(devices) else None
-        if dev is not None and dev.platform != "cpu":
-            return f"{dev.platform}: {dev.device_kind}"
-        return None
+        try:
+            devs = list(devices()) if callable(devices) else []
+        except Exception:  # noqa: BLE001 - a tracer has no devices
+            devs = []
+        if not devs:
+            return None
+        dev, n = devs[0], len(devs)
+        over = f" ×{n}" if n > 1 else ""  # a batch sharded over n devices
+        if dev.platform != "cpu":
+            return f"{dev.platform}: {dev.device_kind}{over}"
+        return f"cpu: {n} host devices" if n > 1 else None
 
     def devices(self):
         import jax

@@ -6,13 +6,14 @@ only when a configuration uses them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from ..spec import Bilaplacian, Laplacian, Operator, WeightedLaplacian
 
-__all__ = ["PAPER_WIDTHS", "OPERATORS", "mlp_layers", "make_program", "make_input", "make_operator"]
+__all__ = ["PAPER_WIDTHS", "OPERATORS", "mlp_layers", "make_program", "make_input", "make_operator", "torch_device"]
 
 #: hidden widths of the paper's network (D → 768 → 768 → 512 → 512 → 1, tanh)
 PAPER_WIDTHS: tuple[int, ...] = (768, 768, 512, 512)
@@ -49,7 +50,7 @@ def make_program(
             mods.append(lin)
             if i < len(layers) - 1:
                 mods.append(torch.nn.Tanh())
-        net = torch.nn.Sequential(*mods)
+        net = torch.nn.Sequential(*mods).to(torch_device())
         net.requires_grad_(requires_grad)
         return net
     if backend == "jax":
@@ -82,6 +83,19 @@ def make_program(
     return f
 
 
+def torch_device():
+    """The device torch benchmarks run on: the visible accelerator (CUDA, XPU, MPS…), else the CPU; JAX runs on
+    its default device by itself. ``MULTIJET_BENCH_DEVICE=cpu`` keeps torch on the CPU."""
+    import torch
+
+    if os.environ.get("MULTIJET_BENCH_DEVICE", "").lower() == "cpu":
+        return torch.device("cpu")
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and acc.is_available():
+        return acc.current_accelerator()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def make_input(backend: str, n: int | None, dim: int, dtype: str = "float32", seed: int = 1):
     """Standard-normal points ``(n, dim)`` (or one point ``(dim,)`` for ``n=None``) as the backend's array."""
     shape = (dim,) if n is None else (n, dim)
@@ -89,7 +103,7 @@ def make_input(backend: str, n: int | None, dim: int, dtype: str = "float32", se
     if backend == "torch":
         import torch
 
-        return torch.as_tensor(x)
+        return torch.as_tensor(x, device=torch_device())
     if backend == "jax":
         import jax.numpy as jnp
 

@@ -12,7 +12,7 @@ import numpy as np
 from .. import api
 from .._dispatch import backend_methods
 from ..backends import available_backends
-from ..timing import time_interleaved
+from ..timing import device_name, time_interleaved
 from .env import enable_jax_x64, machine_info
 from .memory import measure_memory, peak_reset_supported
 from .programs import OPERATORS, PAPER_WIDTHS, make_input, make_operator, make_program
@@ -158,11 +158,20 @@ def run_bench(
     return {
         "config": {**asdict(config), "unit": config.unit},
         "machine": machine_info(),
+        "devices": {b: _device_of(b, config) for b in programs},
         "rows": rows,
         "memory": memory,
         "fits": _fits(cands, rows, memory),
         "errors": errors,
     }
+
+
+def _device_of(backend: str, config: BenchConfig) -> str:
+    """Where ``backend`` ran: the accelerator's name, or the CPU's."""
+    try:
+        return device_name(make_input(backend, 1, config.dim, config.dtype))
+    except Exception as exc:  # noqa: BLE001 - a report, never a failure
+        return f"unknown ({type(exc).__name__})"
 
 
 def _memory_jobs(config: BenchConfig, cands: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
