@@ -300,7 +300,7 @@ def plot(res: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, mode in zip(axes, MODES, strict=True):
         for framework, marker in (("jax", "o"), ("torch", "s")):
-            for what, style in (("laplacian", "-"), ("train step", "--")):
+            for what, style in (("laplacian", "-"), ("train step", "--"), ("plain jax matmuls", "-.")):
                 pts = [(r["k"], r["speedup"]) for r in rows if (r["mode"], r["framework"], r["measurement"]) ==
                        (mode, framework, what) and r["speedup"] is not None]  # fmt: skip
                 if pts:
