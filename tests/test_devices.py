@@ -70,7 +70,7 @@ def test_jax_gpu_device_kept_and_named():  # pragma: no cover - needs a GPU
     import jax
 
     gpu = _jax_gpu()
-    W = np.random.default_rng(0).normal(size=(8, 3))
+    W = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
     X = jax.device_put(np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32), gpu)
     out = mj.laplacian(lambda x: jax.numpy.tanh(W @ x).sum(), X)
     assert out.devices() == {gpu}
@@ -80,7 +80,7 @@ def test_jax_gpu_device_kept_and_named():  # pragma: no cover - needs a GPU
 @pytest.mark.jax
 def test_jax_result_on_the_input_device():
     jax = pytest.importorskip("jax")
-    W = np.random.default_rng(0).normal(size=(8, 3))
+    W = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
     X = jax.device_put(np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32), jax.devices()[-1])
     for method in ("collapsed", "standard", "nested"):
         out = mj.laplacian(lambda x: jax.numpy.tanh(W @ x).sum(), X, method=method)
