@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="threads per framework (BLAS, OpenMP, XLA); 0 keeps the frameworks' defaults (default: 1)",
     )
-    p.add_argument("--out", type=Path, default=HERE / "results", help="output directory (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output directory (default: benchmarks/results; --quick: results/quick, ignored by git)")
     p.add_argument(
         "--render",
         type=Path,
@@ -197,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown row(s) {bad}; rows: {[k for k, _, _ in table]}")
         table = [r for r in table if r[0] in wanted]
     stem = "table1-quick" if args.quick else "table1"
+    if args.out is None:  # a smoke run never leaves files among the tracked results
+        args.out = HERE / "results" / ("quick" if args.quick else "")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     results = []
