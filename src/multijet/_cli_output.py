@@ -7,7 +7,7 @@ from typing import Any
 
 from ._text import plain_table
 
-__all__ = ["show", "table", "Progress", "fits_table"]
+__all__ = ["show", "table", "folding_table", "Progress", "fits_table"]
 
 
 def _console():
@@ -36,9 +36,23 @@ def table(title: str, head: list[str], rows: list[list[str]]) -> Any:
         return f"{title}\n\n{plain_table(head, rows)}"
     from rich.markup import escape
 
-    t = Table(*map(escape, head), title=escape(title), title_justify="left")
+    t = folding_table(title, head, rows)
     for r in rows:
         t.add_row(*map(escape, r))
+    return t
+
+
+def folding_table(title: str | None, head: list[str], rows: list[list[str]] = ()):
+    """An empty rich table whose cells wrap onto more lines when the terminal is narrow (80 columns): a value is
+    never cut off with an ellipsis, and a column of names (backends, methods) keeps its names whole."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=None if title is None else escape(title), title_justify="left")
+    for i, h in enumerate(head):
+        words = [w for r in rows if i < len(r) for w in str(r[i]).split()]
+        named = words and all(w.replace("/", "").replace("_", "").replace("-", "").isalpha() for w in words)
+        t.add_column(escape(h), overflow="fold", no_wrap=bool(named))
     return t
 
 

@@ -154,7 +154,7 @@ class CompareReport:
                 status = "tie" if tie else ("ok" if d.passed else "DISAGREES")
                 diff, rel = f"{d.max_abs:.2e}", f"{d.max_rel:.2e}"
             else:
-                diff, rel, status = ("(reference)", "", "ok") if c is ref else ("—", "—", "ok")
+                diff, rel, status = ("reference", "", "ok") if c is ref else ("—", "—", "ok")
             ms = f"{c.seconds * 1e3:.1f}"
             rows.append([str(i), c.backend, c.method, _preview(c.value, preview), diff, rel, ms, status])
         return rows
@@ -203,16 +203,18 @@ class CompareReport:
     def __rich__(self):  # pragma: no cover - exercised when rich prints the report
         from rich.console import Group
         from rich.markup import escape
-        from rich.table import Table
         from rich.text import Text
 
-        cand = Table(*map(escape, self._CAND_HEAD), title=escape(self._header()), title_justify="left")
-        for row in self._candidate_rows(preview=1):
+        from ._cli_output import folding_table
+
+        cand_rows = self._candidate_rows(preview=1)
+        cand = folding_table(self._header(), self._CAND_HEAD, cand_rows)
+        for row in cand_rows:
             cand.add_row(*map(escape, row), style=None if row[-1] in ("ok", "tie") else "red")
         out: list = [cand]
         if self.pairs:
             head, rows = self._matrix_rows()
-            matrix = Table(*map(escape, head))
+            matrix = folding_table(None, head, rows)
             for row in rows:
                 matrix.add_row(escape(row[0].split()[0]), *map(escape, row[1:]))
             out.append(matrix)
@@ -264,7 +266,7 @@ def _preview(v: np.ndarray | None, k: int) -> str:
     if v is None:
         return "—"
     flat = np.asarray(v).ravel()
-    s = ", ".join(f"{t:.10g}" for t in flat[:k])
-    return f"[{s}{', …' if flat.size > k else ''}]" if np.ndim(v) else s
+    s = ", ".join(f"{t:.4g}" for t in flat[:k])  # a few digits: the diff columns carry the precision
+    return f"[{s}{f', +{flat.size - k} more' if flat.size > k else ''}]" if np.ndim(v) else s
 
 

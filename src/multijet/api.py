@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -10,7 +11,7 @@ import numpy as np
 from .backends import available_backends, get_backend, infer_backend
 from .backends.interop import interop
 from .chunking import check_chunks
-from .errors import BackendError
+from .errors import BackendError, MultijetError
 from .plan import DISTRIBUTIONS, METHODS, Plan, make_plan
 from .routes import compile_plan, run_plan
 from .spec import Bilaplacian, Laplacian, Operator, WeightedLaplacian
@@ -119,7 +120,8 @@ def apply(
         route=_route(route, module, method),
     )  # fmt: skip
     xin, back = _to_backend(x, name)
-    value, result, grad = run_plan(module, p, f, xin, method=method, return_grad=return_grad, **chunks)
+    with one_point_reading(X.shape):
+        value, result, grad = run_plan(module, p, f, xin, method=method, return_grad=return_grad, **chunks)
     if back is not None:
         value, result, grad = (None if a is None else back(a) for a in (value, result, grad))
     return (value, grad, result) if return_grad else result
@@ -138,7 +140,8 @@ class Compiled:
         if self._convert:
             x_example = _to_backend(x_example, backend)[0]
         self.chunks = dict(chunks or {})
-        self._fn = compile_plan(module, p, f, x_example, method=method, return_grad=return_grad, **self.chunks)
+        with one_point_reading(getattr(x_example, "shape", ())):
+            self._fn = compile_plan(module, p, f, x_example, method=method, return_grad=return_grad, **self.chunks)
 
     def __call__(self, x):
         X = _check_x(x)
@@ -286,6 +289,32 @@ def _sharding(backend: str, mesh, batch_axis) -> dict:
 def _check_method(method: str) -> None:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+_REWORDABLE = (TypeError, ValueError, RuntimeError, IndexError, NotImplementedError)
+
+
+@contextlib.contextmanager
+def one_point_reading(shape):
+    """An error while evaluating ``f`` at an ``x`` of shape ``(D,)`` says how that shape was read: one point of
+    dimension D (the contract), not D points in one dimension, a common slip."""
+    try:
+        yield
+    except Exception as e:
+        if len(shape) != 1 or shape[0] < 2:
+            raise
+        D = shape[0]
+        hint = (f"note: x of shape ({D},) is read as one point of dimension D={D}; for {D} points in one "
+                f"dimension pass shape ({D}, 1)")
+        if type(e) in _REWORDABLE or isinstance(e, MultijetError):
+            try:
+                again = type(e)(f"{e}\n{hint}")
+            except TypeError:  # a constructor of several arguments (UnsupportedPrimitiveError): keep it, add a note
+                again = None
+            if again is not None:
+                raise again from e
+        e.add_note(hint)
+        raise
 
 
 def _check_x(x):

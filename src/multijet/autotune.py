@@ -125,7 +125,7 @@ class TuneResult:
         rnd = f", {k['samples']} {k['distribution']} samples" if k.get("samples") else ""
         return f"autotune {k['operator_repr']} on x{k['shape']} {k['dtype']}{rnd} — {k['device']}"
 
-    _HEAD = ["backend", "method", "median [ms]", "min [ms]", "IQR [ms]", "reps", "vs fastest", "note"]
+    _HEAD = ["backend", "method", "median ms", "min ms", "IQR ms", "reps", "× fastest", "note"]
 
     def _rows(self) -> list[list[str]]:
         best = self.best
@@ -148,11 +148,13 @@ class TuneResult:
     def __rich__(self):  # pragma: no cover - exercised when rich prints the result
         from rich.console import Group
         from rich.markup import escape
-        from rich.table import Table
         from rich.text import Text
 
-        t = Table(*map(escape, self._HEAD), title=escape(self._title()), title_justify="left")
-        for row in self._rows():
+        from ._cli_output import folding_table
+
+        rows = self._rows()
+        t = folding_table(self._title(), self._HEAD, rows)
+        for row in rows:
             style = "bold green" if row[-1] == "fastest" else ("red" if row[2] == "—" else None)
             t.add_row(*map(escape, row), style=style)
         return Group(t, Text(self.summary(), style="bold"))

@@ -1,0 +1,77 @@
+"""What a new user meets (issue 13): errors that say how x was read, and command-line tables readable at 80
+columns."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import multijet as mj
+
+HINT = "x of shape (5,) is read as one point of dimension D=5; for 5 points in one dimension pass shape (5, 1)"
+
+
+def _bad_numpy(x):
+    return np.sin(x) @ np.ones(2)  # written for points of dimension 2; given one point of dimension 5
+
+
+def test_one_point_reading_is_named_when_f_fails_numpy():
+    with pytest.raises(ValueError) as info:
+        mj.laplacian(_bad_numpy, np.linspace(0.0, 1.0, 5))
+    assert HINT in str(info.value)
+    with pytest.raises(ValueError) as info:  # a batch (N, D) is not given the hint: it is not the slip
+        mj.laplacian(_bad_numpy, np.linspace(0.0, 1.0, 10).reshape(2, 5))
+    assert "read as one point" not in str(info.value)
+
+
+@pytest.mark.torch
+def test_one_point_reading_is_named_when_f_fails_torch():
+    torch = pytest.importorskip("torch")
+    x = torch.linspace(0, 1, 5, dtype=torch.float64)
+    for call in (lambda: mj.laplacian(lambda y: torch.sin(y) @ torch.ones(2, dtype=torch.float64), x),
+                 lambda: mj.compile(mj.Laplacian(), lambda y: torch.sin(y) @ torch.ones(2, dtype=torch.float64), x)):
+        with pytest.raises(mj.errors.BackendError) as info:
+            call()
+        assert HINT in str(info.value)
+
+
+@pytest.mark.jax
+def test_one_point_reading_is_named_when_f_fails_jax():
+    jnp = pytest.importorskip("jax.numpy")
+    with pytest.raises(TypeError) as info:
+        mj.laplacian(lambda y: jnp.sin(y) @ jnp.ones(2), jnp.linspace(0.0, 1.0, 5))
+    assert HINT in str(info.value)
+
+
+def _cli(*args: str) -> str:
+    env = {**os.environ, "COLUMNS": "80", "LINES": "50"}
+    proc = subprocess.run([sys.executable, "-m", "multijet", *args], capture_output=True, text=True, timeout=300,
+                          env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("info",),
+        ("compare", "--operator", "laplacian", "--dim", "3", "--backends", "numpy"),
+        ("autotune", "--operator", "laplacian", "--dim", "3", "--widths", "4", "--batch", "2", "--repeats", "2",
+         "--budget", "1", "--no-cache", "--backends", "numpy"),
+    ],
+    ids=["info", "compare", "autotune"],
+)
+def test_cli_tables_fit_80_columns_without_cut_values(args):
+    """Piped at COLUMNS=80: every line fits, tables are closed on the right, and no value is cut off with an
+    ellipsis (long values wrap onto the next line)."""
+    out = _cli(*args)
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert "…" not in out, out
+    for line in lines:
+        if line.startswith(("┏", "┃", "┡", "│", "└")):
+            assert line.rstrip()[-1] in "┓┃┩│┘", line  # the table's right border is there: nothing cropped
