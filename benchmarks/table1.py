@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from multijet.bench import PAPER_WIDTHS, BenchConfig, machine_info, plot_bench, rerun_with_threads, run_bench
+from multijet.timing import slope_resolved
 
 HERE = Path(__file__).resolve().parent
 
@@ -100,7 +101,8 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], quick: bool
         "",
         "Cost added per datum (exact rows: slope over batch sizes N) or per sample (randomised rows: slope over "
         "sample counts S at a fixed batch N). Time: min of the interleaved repetitions at each size, then a "
-        "least-squares line († marks R² < 0.9). Peak memory: resident-set high-water mark of the operator call "
+        "least-squares line (a slope that is not positive or has R² < 0.9 is printed as noise, not as a cost). "
+        "Peak memory: resident-set high-water mark of the operator call "
         "alone, one subprocess per configuration; no-grad = forward only (under torch.no_grad for torch); "
         "grad = parameters requiring gradients, under torch.enable_grad (torch only). × nested: the ratio to the "
         "same backend's nested AD (time, and differentiable memory).",
@@ -122,7 +124,10 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], quick: bool
             m_ratio = _ratio(f["mem_differentiable_mib_per_unit"], n.get("mem_differentiable_mib_per_unit"))
             p_ratio = _ratio(paper.get("mem_differentiable"), paper_nested.get("mem_differentiable"))
             r2 = f.get("time_r2")
-            dagger = "†" if r2 is not None and r2 < 0.9 else ""
+            dagger = ""
+            if f["time_ms_per_unit"] is not None and not slope_resolved(f["time_ms_per_unit"], r2):
+                f = {**f, "time_ms_per_unit": None}  # noise, not a cost: say so below instead of a number
+                t_ratio, dagger = None, f" noise (R² {r2:.2f})"
             unit = cfg["unit"] + (f" (N={cfg['batch']})" if randomised else "")
             lines.append(
                 f"| {res['title']} | {cfg['dim']} | {unit} | {f['backend']} | {f['method']} "

@@ -75,3 +75,44 @@ def test_cli_tables_fit_80_columns_without_cut_values(args):
     for line in lines:
         if line.startswith(("┏", "┃", "┡", "│", "└")):
             assert line.rstrip()[-1] in "┓┃┩│┘", line  # the table's right border is there: nothing cropped
+
+
+def _bench_result(noisy: bool):
+    rows, fits = [], []
+    for b in ("torch", "jax"):
+        for m, c in (("nested", 50.0), ("collapsed", 1.0)):
+            for n in (1, 2, 4, 8, 16):
+                rows.append({"backend": b, "method": m, "size": n, "time_min_ms": c * n + 0.1})
+            bad = noisy and (b, m) == ("jax", "collapsed")
+            fits.append({"backend": b, "method": m, "time_ms_per_unit": -0.00238 if bad else c,
+                         "time_intercept_ms": 0.1, "time_r2": 0.006 if bad else 0.99,
+                         "mem_nondifferentiable_mib_per_unit": None,
+                         "mem_differentiable_mib_per_unit": None})  # fmt: skip
+    config = {"unit": "datum", "vary": "batch", "widths": [8], "operator": "laplacian", "dim": 10, "dtype": "float64"}
+    return {"config": config, "rows": rows, "memory": [], "fits": fits, "machine": {"cpu": "test"}}
+
+
+def test_bench_plot_uses_log_axes_when_values_span_decades_and_names_noise(tmp_path):
+    pytest.importorskip("matplotlib")
+    from multijet.bench.plots import bench_figure, plot_bench
+
+    fig = bench_figure(_bench_result(noisy=True))
+    ax_t = fig.axes[0]
+    assert ax_t.get_yscale() == "log" and ax_t.get_xscale() == "log"  # 1.1 … 800 ms over N = 1 … 16
+    labels = ax_t.get_legend().get_texts()
+    assert any("slope not resolved (R² 0.01)" in t.get_text() for t in labels)
+    assert not any("-0.00238" in t.get_text() for t in labels)
+    assert plot_bench(_bench_result(noisy=False), tmp_path / "p.png").stat().st_size > 0
+
+
+def test_bench_table_says_noise_instead_of_a_slope():
+    from multijet._cli_output import fits_table
+    from multijet.timing import slope_resolved
+
+    assert not slope_resolved(-0.00238, 0.006) and not slope_resolved(1.0, 0.5) and slope_resolved(1.0, 0.95)
+    Console = pytest.importorskip("rich.console").Console
+
+    console = Console(width=100, record=True)
+    console.print(fits_table(_bench_result(noisy=True)))
+    text = console.export_text()
+    assert "noise" in text and "-0.00238" not in text and "R² < 0.9" in text

@@ -31,7 +31,7 @@ def show(obj: Any) -> None:
 def table(title: str, head: list[str], rows: list[list[str]]) -> Any:
     """A rich table, or the same as plain text."""
     try:
-        from rich.table import Table
+        from rich.table import Table  # noqa: F401 - rich installed?
     except ImportError:
         return f"{title}\n\n{plain_table(head, rows)}"
     from rich.markup import escape
@@ -97,14 +97,35 @@ def fits_table(result: dict[str, Any]) -> Any:
     def fmt(v: float | None, p: int = 3) -> str:
         return "—" if v is None else ("0" if abs(v) < 1e-9 else f"{v:.{p}g}")
 
+    from .timing import slope_resolved
+
+    def resolved(f) -> bool:
+        return slope_resolved(f["time_ms_per_unit"], f.get("time_r2"))
+
+    nested_ok = {f["backend"] for f in result["fits"] if f["method"] == "nested" and resolved(f)}
     rows = []
     for f in result["fits"]:
         ratio = None
-        if nested.get(f["backend"]) and f["time_ms_per_unit"] is not None:
+        if f["backend"] in nested_ok and resolved(f):
             ratio = f["time_ms_per_unit"] / nested[f["backend"]]
         mem = [fmt(f[f"mem_{m}_mib_per_unit"]) for m in ("nondifferentiable", "differentiable")]
-        rows.append([f["backend"], f["method"], fmt(f["time_ms_per_unit"]), fmt(ratio, 2), *mem, fmt(f["time_r2"], 3)])
+        time = fmt(f["time_ms_per_unit"]) if resolved(f) or f["time_ms_per_unit"] is None else "noise"
+        rows.append([f["backend"], f["method"], time, fmt(ratio, 2), *mem, fmt(f["time_r2"], 3)])
     c = result["config"]
     title = f"{c['operator']} D={c['dim']} {c['dtype']}: fitted cost per {unit} (time: min of repetitions)"
     head = ["backend", "method", f"ms/{unit}", "× nested", f"MiB/{unit} (no grad)", f"MiB/{unit} (grad)", "R² time"]
-    return table(title, head, rows)
+    out = table(title, head, rows)
+    if any(r[2] == "noise" for r in rows):
+        note = (f"noise: the time did not grow measurably with the {unit}s (slope ≤ 0 or R² < 0.9); "
+                "time more sizes, larger ones, or more repetitions")  # fmt: skip
+        return _with_note(out, note)
+    return out
+
+
+def _with_note(obj: Any, note: str) -> Any:
+    if isinstance(obj, str):
+        return f"{obj}\n{note}"
+    from rich.console import Group
+    from rich.text import Text
+
+    return Group(obj, Text(note))

@@ -25,7 +25,10 @@ import numpy as np
 
 from .backends.interop import interop, owner, sync
 
-__all__ = ["Timing", "time_interleaved", "sync", "cpu_model", "device_name", "versions", "dist_version"]
+__all__ = [
+    "Timing", "time_interleaved", "sync", "cpu_model", "device_name", "versions", "dist_version", "slope_resolved",
+    "MIN_R2",
+]  # fmt: skip
 
 
 # --- versions, devices ---------------------------------------------------------------------------------------
@@ -152,3 +155,13 @@ def time_interleaved(
     for name in live:
         out[name] = Timing(samples[name], numbers[name])
     return out
+
+
+#: a fitted time slope below this R² (or not positive) is noise, reported as such rather than as a cost
+MIN_R2 = 0.9
+
+
+def slope_resolved(slope: float | None, r2: float | None) -> bool:
+    """Whether a fitted cost per datum/sample is a measurement: positive, and the line explains the points
+    (R² ≥ :data:`MIN_R2`). A negative slope, or R² 0.006 at small sizes, is timing noise."""
+    return slope is not None and slope > 0 and (r2 is None or r2 >= MIN_R2)

@@ -12,7 +12,7 @@ import numpy as np
 from .. import api
 from .._dispatch import backend_methods
 from ..backends import available_backends
-from ..timing import device_name, time_interleaved
+from ..timing import device_name, slope_resolved, time_interleaved
 from .env import enable_jax_x64, machine_info
 from .memory import measure_memory, peak_reset_supported
 from .programs import OPERATORS, PAPER_WIDTHS, make_input, make_operator, make_program
@@ -210,6 +210,7 @@ def _fits(cands, rows, memory) -> list[dict[str, Any]]:
         entry["time_ms_per_unit"] = t_min["slope"] if t_min else None
         entry["time_intercept_ms"] = t_min["intercept"] if t_min else None
         entry["time_r2"] = t_min["r2"] if t_min else None
+        entry["time_resolved"] = slope_resolved(entry["time_ms_per_unit"], entry["time_r2"])
         entry["time_median_ms_per_unit"] = t_med["slope"] if t_med else None
         for mode in ("nondifferentiable", "differentiable"):
             pts = [r for r in memory if r["backend"] == b and r["method"] == m and r["mode"] == mode]
