@@ -116,3 +116,33 @@ def test_bench_table_says_noise_instead_of_a_slope():
     console.print(fits_table(_bench_result(noisy=True)))
     text = console.export_text()
     assert "noise" in text and "-0.00238" not in text and "R² < 0.9" in text
+
+
+@pytest.mark.torch
+def test_autotune_records_threads_and_keeps_settings_apart(tmp_path, monkeypatch):
+    """A ranking measured with 1 torch thread is not served for 2 (and says which it was measured with)."""
+    pytest.importorskip("torch")
+    monkeypatch.setenv("MULTIJET_CACHE_DIR", str(tmp_path))
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    kw = {"backends": ["numpy"], "methods": ["collapsed"], "repeats": 1, "warmup": 1, "budget": 0.2}
+    one = mj.autotune(mj.Laplacian(), _mlp, x, threads=1, **kw)
+    assert not one.cached and one.key["threads"]["torch_threads"] == 1
+    assert mj.autotune(mj.Laplacian(), _mlp, x, threads=1, **kw).cached
+    two = mj.autotune(mj.Laplacian(), _mlp, x, threads=2, **kw)
+    assert not two.cached and two.key["threads"]["torch_threads"] == 2
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        mj.autotune(mj.Laplacian(), _mlp, x, threads=0, **kw)
+
+
+def _mlp(x):
+    W = np.linspace(-1.0, 1.0, 12).reshape(4, 3)
+    return np.tanh(W @ x).sum()
+
+
+def test_info_warns_when_the_machine_is_oversubscribed(monkeypatch):
+    from multijet import timing
+
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    assert "oversubscribed" in timing.oversubscribed()
+    monkeypatch.setattr(timing.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert timing.oversubscribed() is None

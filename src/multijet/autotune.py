@@ -13,6 +13,7 @@ randomisation and library versions; ``backend="auto"`` (:func:`auto_backend`) re
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -35,7 +36,7 @@ from .backends import available_backends
 from .backends.interop import interop, native_program_backend
 from .errors import BackendError
 from .spec import Operator
-from .timing import device_name, time_interleaved, versions
+from .timing import device_name, thread_settings, time_interleaved, versions
 
 __all__ = ["autotune", "auto_backend", "TuneResult", "Entry", "cache_dir", "cache_path", "CACHE_ENV"]
 
@@ -123,7 +124,10 @@ class TuneResult:
     def _title(self) -> str:
         k = self.key
         rnd = f", {k['samples']} {k['distribution']} samples" if k.get("samples") else ""
-        return f"autotune {k['operator_repr']} on x{k['shape']} {k['dtype']}{rnd} — {k['device']}"
+        t = k.get("threads") or {}
+        threads = f"; torch {t['torch_threads']} threads" if t.get("torch_threads") else ""
+        limit = f", limit {t['limit']}" if t.get("limit") else ""
+        return f"autotune {k['operator_repr']} on x{k['shape']} {k['dtype']}{rnd} — {k['device']}{threads}{limit}"
 
     _HEAD = ["backend", "method", "median ms", "min ms", "IQR ms", "reps", "× fastest", "note"]
 
@@ -179,6 +183,7 @@ def autotune(
     budget: float | None = 10.0,
     cache: bool = True,
     retune: bool = False,
+    threads: int | None = None,
 ) -> TuneResult:
     """Time ``op`` on ``f`` at ``x`` for every backend × method and name the fastest.
 
@@ -186,8 +191,17 @@ def autotune(
     one framework a native program (``nn.Module``, torch / JAX ``x``) can run, where only the methods compete.
     ``methods`` defaults to each backend's methods. ``budget`` caps the seconds spent on the timed rounds
     (at least 3 rounds). With ``cache=True`` a matching earlier result is returned without timing anything
-    (``retune=True`` measures again); new results are written to :func:`cache_path`.
+    (``retune=True`` measures again); new results are written to :func:`cache_path`. ``threads`` sets torch's
+    intra-op threads while timing (XLA's and BLAS's pools are fixed when they load: ``multijet autotune
+    --threads N`` reruns in a process with all of them limited). The thread settings are recorded in the
+    result and are part of the cache key, so rankings from different settings are not mixed.
     """
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        with _torch_threads(threads):
+            return autotune(op, f, x, backends, methods, samples=samples, distribution=distribution, seed=seed,
+                            warmup=warmup, repeats=repeats, budget=budget, cache=cache, retune=retune)  # fmt: skip
     if not isinstance(op, Operator):
         raise TypeError(f"expected an operator spec such as mj.Laplacian(), got {type(op).__name__}")
     shape = tuple(int(s) for s in getattr(x, "shape", np.shape(x)))
@@ -293,7 +307,7 @@ def _fingerprint(obj, h, depth: int) -> None:
             _fingerprint(value, h, depth + 1)
         return
     shape = getattr(obj, "shape", None)
-    if shape is not None and hasattr(obj, "dtype"):
+    if isinstance(shape, tuple) and hasattr(obj, "dtype"):  # an array (not the numpy module: np.shape, np.dtype)
         # not the contents: timings do not depend on them, and a training loop must not retune every step
         h.update(repr((type(obj).__name__, tuple(shape), str(obj.dtype))).encode())
     elif isinstance(obj, int | float | complex | str | bytes | bool | type(None)):
@@ -323,8 +337,26 @@ def _key(op: Operator, f, x, shape, samples, distribution) -> dict[str, Any]:
         "distribution": (api._distribution(distribution) if samples is not None else None),
         "program": _program_id(f),
         "versions": versions(),
+        "threads": thread_settings(),
         **{k: v for name in available_backends() for k, v in interop(name).config().items()},
     }
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    torch = sys.modules.get("torch")
+    if torch is None:
+        try:
+            import torch
+        except ImportError:
+            yield
+            return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _measure(op, f, x, cands, samples, distribution, seed, warmup, repeats, budget) -> list[Entry]:

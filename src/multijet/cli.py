@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds of timed rounds (default: %(default)s)")
     tune.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     tune.add_argument("--retune", action="store_true", help="measure again and overwrite the cached result")
+    tune.add_argument("--threads", type=_positive_int, default=None,
+                      help="threads per framework (reruns itself with BLAS/OpenMP/XLA limits; default: theirs)")
     return p
 
 
@@ -178,11 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_info(args: argparse.Namespace) -> int:
     from .autotune import cache_path
     from .bench import machine_info
-    from .timing import dist_version
+    from .timing import dist_version, oversubscribed
 
     info = machine_info()
     info["autotune_cache"] = str(cache_path())
     info["devices"] = _devices(info["backends"])
+    info["load_warning"] = oversubscribed()
     info["accelerators"] = sorted({d for devs in info["devices"].values() for d in devs
                                    if not d.startswith(("cpu", "error"))})  # fmt: skip
     for extra in ("rich", "matplotlib"):
@@ -201,6 +204,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     rows.append(["accelerators", ", ".join(info["accelerators"]) or "none visible (CPU only)"])
     rows.append(["autotune cache", info["autotune_cache"] + "  (override with $MULTIJET_CACHE_DIR)"])
     show(table("multijet info", ["item", "value"], rows))
+    if info["load_warning"]:
+        show(f"warning: {info['load_warning']}")
     return 0
 
 
@@ -295,7 +300,11 @@ def cmd_autotune(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .autotune import autotune
-    from .bench import make_operator, make_program
+    from .bench import make_operator, make_program, rerun_with_threads
+
+    rc = rerun_with_threads(args.threads, [sys.executable, "-m", "multijet.cli", *args.argv])
+    if rc is not None:
+        return rc
 
     f = make_program("numpy", args.dim, args.widths, args.dtype, args.seed)
     x = np.random.default_rng(args.seed + 1).standard_normal((args.batch, args.dim)).astype(args.dtype)

@@ -16,6 +16,7 @@ import gc
 import importlib.metadata
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from .backends.interop import interop, owner, sync
 
 __all__ = [
     "Timing", "time_interleaved", "sync", "cpu_model", "device_name", "versions", "dist_version", "slope_resolved",
-    "MIN_R2",
+    "MIN_R2", "thread_settings", "oversubscribed",
 ]  # fmt: skip
 
 
@@ -165,3 +166,30 @@ def slope_resolved(slope: float | None, r2: float | None) -> bool:
     """Whether a fitted cost per datum/sample is a measurement: positive, and the line explains the points
     (R² ≥ :data:`MIN_R2`). A negative slope, or R² 0.006 at small sizes, is timing noise."""
     return slope is not None and slope > 0 and (r2 is None or r2 >= MIN_R2)
+
+
+def thread_settings() -> dict[str, Any]:
+    """The thread limits timings depend on: torch's intra-op threads (when torch is loaded), the OpenMP/BLAS
+    variables, XLA's Eigen pool flag, and a limit set by ``--threads`` (part of autotune's cache key)."""
+    torch = sys.modules.get("torch")
+    flags = os.environ.get("XLA_FLAGS", "")
+    return {
+        "torch_threads": torch.get_num_threads() if torch is not None else None,
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+        "blas": os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"),
+        "xla_eigen": "off" if "--xla_cpu_multi_thread_eigen=false" in flags else "on",
+        "limit": os.environ.get("MULTIJET_BENCH_THREADS"),
+    }
+
+
+def oversubscribed() -> str | None:
+    """A warning when the machine is busier than its cores (1-minute load average above the CPU count)."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - not on every platform
+        return None
+    cores = os.cpu_count() or 1
+    if load <= cores:
+        return None
+    return (f"load average {load:.1f} on {cores} cores: the machine is oversubscribed, so timings are skewed "
+            "(thread pools spin-wait); limit threads (--threads 1) or wait for a quieter machine")  # fmt: skip
