@@ -11,6 +11,7 @@ import numpy as np
 from .backends import available_backends, get_backend, infer_backend
 from .backends.interop import interop
 from .chunking import check_chunks
+from .errorbars import batch_means, group_plans
 from .errors import BackendError, MultijetError
 from .plan import DISTRIBUTIONS, METHODS, Plan, make_plan
 from .routes import compile_plan, run_plan
@@ -91,6 +92,7 @@ def apply(
     sparsity: bool | int | None = None,
     mesh=None,
     batch_axis: str | tuple[str, ...] | None = None,
+    return_std: bool = False,
 ):
     """Evaluate the operator ``op`` on ``f`` at ``x``.
 
@@ -108,40 +110,71 @@ def apply(
     ``sparsity=k`` (an int) also lets one element depend on at most ``k`` particles before it counts as dense.
     JAX: a batch sharded over devices (placed with a ``NamedSharding``, or named by ``batch_axis`` of ``mesh``)
     stays sharded, result included; on torch, wrap the module in ``DistributedDataParallel``.
+    ``return_std=True`` also returns the estimate's standard error (batch means over ``G`` groups of samples,
+    :mod:`multijet.errorbars`): ``(result, std)``, or ``(value, gradient, result, std)`` with ``return_grad``;
+    an exact result's is zero.
     """
     chunks = check_chunks(chunk_size, direction_chunk_size, sparsity)
     name, module = _backend(backend, x, op, f, method, samples, distribution)
     chunks |= _sharding(name, mesh, batch_axis)
     _check_method(method)
     X = _check_x(x)
-    seed = _seed(module, seed)
-    p = make_plan(
-        op, X.shape[-1], samples=samples, distribution=_distribution(distribution), seed=seed,
-        route=_route(route, module, method),
-    )  # fmt: skip
+    plans = _plans(op, X.shape[-1], samples, distribution, _seed(module, seed), _route(route, module, method),
+                   return_std)  # fmt: skip
     xin, back = _to_backend(x, name)
     with one_point_reading(X.shape):
-        value, result, grad = run_plan(module, p, f, xin, method=method, return_grad=return_grad, **chunks)
+        outs = [run_plan(module, p, f, xin, method=method, return_grad=return_grad and i == 0, **chunks)
+                for i, p in enumerate(plans)]  # fmt: skip
+    return _finish(outs, back, return_grad, return_std)
+
+
+def _plans(op, dim, samples, distribution, seed, route, return_std) -> list[Plan]:
+    """One plan; or, for ``return_std`` of a randomised estimate, the G plans of its sample groups."""
+    distribution = _distribution(distribution)
+    if return_std and samples is not None:
+        if isinstance(samples, bool) or not isinstance(samples, int | np.integer):
+            raise TypeError(f"samples must be a positive integer or None, got {samples!r}")
+        return group_plans(op, dim, int(samples), distribution, seed, route)
+    return [make_plan(op, dim, samples=samples, distribution=distribution, seed=seed, route=route)]
+
+
+def _finish(outs: list, back, return_grad: bool, return_std: bool):
+    """``(value, result, grad)`` of each plan → the public return: the groups' mean and standard error."""
+    value, result, grad = outs[0]
+    std = None
+    if return_std:
+        if len(outs) == 1:  # exact: no sampling error
+            std = result * 0
+        else:
+            from array_api_compat import array_namespace
+
+            result, std = batch_means([o[1] for o in outs], array_namespace(result).sqrt)
     if back is not None:
-        value, result, grad = (None if a is None else back(a) for a in (value, result, grad))
-    return (value, grad, result) if return_grad else result
+        value, result, grad, std = (None if a is None else back(a) for a in (value, result, grad, std))
+    out = (value, grad, result) if return_grad else (result,)
+    out = out + (std,) if return_std else out
+    return out if len(out) > 1 else out[0]
 
 
 class Compiled:
     """``mj.compile``'s result: the plan and backend chosen once; call it on points like ``x_example``."""
 
     def __init__(
-        self, op: Operator, f: Callable, backend: str, module, method: str, p: Plan, return_grad: bool, x_example,
-        chunks: dict | None = None,
+        self, op: Operator, f: Callable, backend: str, module, method: str, p: Plan | list[Plan], return_grad: bool,
+        x_example, chunks: dict | None = None, return_std: bool = False,
     ):  # fmt: skip
-        self.op, self.f, self.backend, self.method, self.plan, self.return_grad = op, f, backend, method, p, return_grad
+        plans = list(p) if isinstance(p, list | tuple) else [p]
+        self.op, self.f, self.backend, self.method, self.return_grad = op, f, backend, method, return_grad
+        self.plan, self.plans, self.return_std = plans[0], plans, return_std
         self._module = module
         self._convert = infer_backend(x_example) != backend
         if self._convert:
             x_example = _to_backend(x_example, backend)[0]
         self.chunks = dict(chunks or {})
         with one_point_reading(getattr(x_example, "shape", ())):
-            self._fn = compile_plan(module, p, f, x_example, method=method, return_grad=return_grad, **self.chunks)
+            self._fns = [compile_plan(module, q, f, x_example, method=method, return_grad=return_grad and i == 0,
+                                      **self.chunks) for i, q in enumerate(plans)]  # fmt: skip
+        self._fn = self._fns[0]
 
     def __call__(self, x):
         X = _check_x(x)
@@ -150,10 +183,7 @@ class Compiled:
         back = None
         if self._convert:
             x, back = _to_backend(x, self.backend)
-        value, result, grad = self._fn(x)
-        if back is not None:
-            value, result, grad = (None if a is None else back(a) for a in (value, result, grad))
-        return (value, grad, result) if self.return_grad else result
+        return _finish([fn(x) for fn in self._fns], back, self.return_grad, self.return_std)
 
     @property
     def code(self) -> str:
@@ -200,23 +230,21 @@ def compile(
     sparsity: bool | int | None = None,
     mesh=None,
     batch_axis: str | tuple[str, ...] | None = None,
+    return_std: bool = False,
 ) -> Compiled:
     """Plan (and, where the backend can, trace) once; returns a callable ``x -> P f(x)`` for training loops.
 
     A randomised compiled operator keeps its directions fixed (drawn once from ``seed``). ``chunk_size`` and
-    ``direction_chunk_size``, ``sparsity``, ``mesh`` and ``batch_axis`` as in :func:`apply`.
+    ``direction_chunk_size``, ``sparsity``, ``mesh``, ``batch_axis`` and ``return_std`` as in :func:`apply`.
     """
     chunks = check_chunks(chunk_size, direction_chunk_size, sparsity)
     name, module = _backend(backend, x_example, op, f, method, samples, distribution)
     chunks |= _sharding(name, mesh, batch_axis)
     _check_method(method)
     X = _check_x(x_example)
-    seed = _seed(module, seed)
-    p = make_plan(
-        op, X.shape[-1], samples=samples, distribution=_distribution(distribution), seed=seed,
-        route=_route(route, module, method),
-    )  # fmt: skip
-    return Compiled(op, f, name, module, method, p, return_grad, x_example, chunks)
+    plans = _plans(op, X.shape[-1], samples, distribution, _seed(module, seed), _route(route, module, method),
+                   return_std)  # fmt: skip
+    return Compiled(op, f, name, module, method, plans, return_grad, x_example, chunks, return_std)
 
 
 def _to_backend(x, name: str):

@@ -54,8 +54,9 @@ def main() -> None:
                 f"{name:>5} {method:<9}  Δf = {np.array2string(lap, precision=8)}   "
                 f"Δ²f = {np.array2string(bil, precision=8)}"
             )
-    est = mj.laplacian(mlp, x, samples=64, seed=0)
-    print(f"numpy randomised (64 Rademacher) Δf ≈ {np.array2string(est, precision=4)}")
+    est, std = mj.laplacian(mlp, x, samples=64, seed=0, return_std=True)
+    terms = ", ".join(f"{e:.4f} ± {s:.4f}" for e, s in zip(np.ravel(est), np.ravel(std), strict=True))
+    print(f"numpy randomised (64 Rademacher) Δf ≈ [{terms}]  (± one standard error, return_std=True)")
 
 
 if __name__ == "__main__":
