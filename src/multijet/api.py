@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -75,6 +77,23 @@ def plan(
     return make_plan(op, dim, samples=samples, distribution=_distribution(distribution), seed=seed, route=route)
 
 
+def _eager_under_torch_compile(fn: Callable) -> Callable:
+    """``fn`` run eagerly when ``torch.compile`` traces the caller (a graph break): planning and capturing need
+    real tensors. A ``mj.compile``d operator is the part to compile: ``torch.compile`` of a step calling it
+    traces the emitted program (no break)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        torch = sys.modules.get("torch")
+        compiler = getattr(torch, "compiler", None)
+        if compiler is not None and compiler.is_compiling():
+            return compiler.disable(fn)(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_eager_under_torch_compile
 def apply(
     op: Operator,
     f: Callable,
