@@ -135,6 +135,12 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any], quick: bool
                 f"| {fmt(f['mem_nondifferentiable_mib_per_unit'])} | {fmt(f['mem_differentiable_mib_per_unit'])} "
                 f"| {fmt(m_ratio, 2)} | {fmt(paper.get('mem_differentiable'))} | {fmt(p_ratio, 2)} |"
             )
+    est = [(r["title"], e) for r in results for e in r.get("estimates", []) if "error" not in e]
+    if est:
+        lines += ["", "Randomised rows: the estimate at one point with its standard error (`return_std=True`, the "
+                  "largest S), beside the exact value:", ""]  # fmt: skip
+        lines += [f"- {t}, {e['backend']}, S={e['samples']}: {e['estimate']:.6g} ± {e['std']:.2g} "
+                  f"(exact {e['exact']:.6g})" for t, e in est]  # fmt: skip
     errs = [(r["title"], k, v) for r in results for k, v in r["errors"].items()]
     lines += ["", "Notes:", ""] + [f"- {n}" for n in PAPER_NOTES]
     lines.append(

@@ -220,3 +220,18 @@ def test_return_std_is_the_same_on_every_backend():
     for got in (got_t, got_j):
         for a, b in zip(got, ref, strict=True):
             np.testing.assert_allclose(np.asarray(a), b, rtol=1e-10)
+
+
+def test_bench_with_samples_reports_estimate_and_error(tmp_path):
+    from multijet.cli import main
+
+    rc = main(["bench", "--dim", "3", "--widths", "8", "--repeats", "2", "--warmup", "1", "--budget", "1",
+               "--samples", "2,4", "--batch", "1", "--no-memory", "--backends", "numpy", "--no-plot",
+               "--out", str(tmp_path)])  # fmt: skip
+    assert rc == 0
+    import json
+
+    (path,) = tmp_path.glob("*.json")
+    (est,) = json.loads(path.read_text())["estimates"]
+    assert est["samples"] == 4 and est["std"] > 0
+    assert abs(est["estimate"] - est["exact"]) < 6 * est["std"]

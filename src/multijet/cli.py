@@ -262,6 +262,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except ImportError as exc:
             print(f"multijet: no plot: {exc}", file=sys.stderr)
     show(fits_table(result))
+    for e in result.get("estimates", []):
+        if "error" not in e:
+            print(f"{e['backend']}: estimate at one point, S={e['samples']}: {e['estimate']:.6g} ± {e['std']:.2g} "
+                  f"(exact {e['exact']:.6g})")  # fmt: skip
     for name, err in result["errors"].items():
         print(f"  could not run {name}: {err.splitlines()[0] if err else ''}", file=sys.stderr)
     print("wrote " + ", ".join(str(p) for p in written))

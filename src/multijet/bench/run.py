@@ -157,6 +157,7 @@ def run_bench(
         tick(f"memory {spec['backend']}/{spec['method']} ({mode})")
     return {
         "config": {**asdict(config), "unit": config.unit},
+        "estimates": _estimates(config, programs, op) if config.vary == "samples" else [],
         "machine": machine_info(),
         "devices": {b: _device_of(b, config) for b in programs},
         "rows": rows,
@@ -164,6 +165,28 @@ def run_bench(
         "fits": _fits(cands, rows, memory),
         "errors": errors,
     }
+
+
+def _estimates(config: BenchConfig, programs: dict[str, Any], op) -> list[dict[str, Any]]:
+    """A randomised panel's estimate ± standard error at one point, per backend, at the largest sample count
+    (at least 2), beside the exact value: what the timed estimator gives, and how far it may be off."""
+    S = max(2, max(config.sizes))
+    out = []
+    for b, f in programs.items():
+        try:
+            x = make_input(b, None, config.dim, config.dtype)
+            est, std = api.apply(op, f, x, backend=b, samples=S, distribution=config.distribution,
+                                 seed=config.seed, return_std=True)  # fmt: skip
+            exact = api.apply(op, f, x, backend=b)
+            out.append({"backend": b, "samples": S, "estimate": _scalar(est), "std": _scalar(std),
+                        "exact": _scalar(exact)})  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - a report, never a failure of the timing run
+            out.append({"backend": b, "samples": S, "error": f"{type(exc).__name__}: {exc}"})
+    return out
+
+
+def _scalar(a) -> float:
+    return float(np.asarray(a.detach().cpu() if hasattr(a, "detach") else a).ravel()[0])
 
 
 def _device_of(backend: str, config: BenchConfig) -> str:
