@@ -91,6 +91,32 @@ def single_process() -> dict:
     return result
 
 
+def hooks_and_flags(port: int) -> None:
+    """One process: forward pre-hooks apply once (as in the captured program), find_unused_parameters=True with a
+    second DDP forward before backward, and in-place edits of the result, all work."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    torch.manual_seed(0)
+    net = PINN()
+    net.unused = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    net.register_forward_pre_hook(lambda m, i: (2 * i[0],))
+    X = data()
+    ref = mj.laplacian(net, X)
+    for flag in (False, True):
+        ddp = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=flag)
+        for _ in range(2):
+            lap = mj.laplacian(ddp, X)
+            (lap.sum() + ddp(X).sum()).backward()
+        got = mj.laplacian(ddp, X)
+        assert torch.allclose(got, ref, rtol=1e-12, atol=1e-12), (flag, (got - ref).abs().max())
+        got += 1  # an ordinary tensor
+    dist.destroy_process_group()
+    print("ok")
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--hooks":
+        hooks_and_flags(int(sys.argv[2]))
+        sys.exit(0)
     out, port, world = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     mp.spawn(worker, args=(world, out, port), nprocs=world, join=True)

@@ -160,7 +160,7 @@ def main() -> dict:
     for name, call in {
         "unknown axis": lambda: mj.laplacian(f, X, mesh=mesh, batch_axis="data"),
         "indivisible": lambda: mj.laplacian(f, X[:6], mesh=mesh, batch_axis="batch", chunk_size=1),
-        "indivisible compile": lambda: mj.compile(mj.Laplacian(), f, X[:6], mesh=mesh, batch_axis="batch"),
+        "indivisible compile": lambda: mj.compile(mj.Laplacian(), f, X[:1], mesh=mesh, batch_axis="batch")(X[:6]),
         "no mesh": lambda: mj.laplacian(f, X, batch_axis="batch"),
     }.items():
         try:

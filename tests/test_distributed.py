@@ -52,6 +52,16 @@ def test_torch_ddp_pinn_steps_equal_one_process_on_the_whole_batch(tmp_path):
 
 
 @pytest.mark.torch
+def test_torch_ddp_hooks_unused_parameters_and_in_place_edits():
+    torch = pytest.importorskip("torch")
+    if not torch.distributed.is_available():
+        pytest.skip("torch built without torch.distributed")
+    proc = subprocess.run([sys.executable, str(HERE / "ddp_worker.py"), "--hooks", str(_free_port())],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.torch
 def test_torchrun_pinn_example_matches_one_process():
     """examples/poisson_pinn_ddp_torch.py under torchrun on 2 processes: the loss falls, and its final value is
     the single-process run's on the same global batch."""

@@ -144,7 +144,7 @@ def apply(
     with one_point_reading(X.shape):
         outs = [run_plan(module, p, f, xin, method=method, return_grad=return_grad and i == 0, **chunks)
                 for i, p in enumerate(plans)]  # fmt: skip
-    return _finish(outs, back, return_grad, return_std)
+    return _finish(outs, plans, back, return_grad, return_std)
 
 
 def _plans(op, dim, samples, distribution, seed, route, return_std) -> list[Plan]:
@@ -157,7 +157,7 @@ def _plans(op, dim, samples, distribution, seed, route, return_std) -> list[Plan
     return [make_plan(op, dim, samples=samples, distribution=distribution, seed=seed, route=route)]
 
 
-def _finish(outs: list, back, return_grad: bool, return_std: bool):
+def _finish(outs: list, plans: list[Plan], back, return_grad: bool, return_std: bool):
     """``(value, result, grad)`` of each plan → the public return: the groups' mean and standard error."""
     value, result, grad = outs[0]
     std = None
@@ -165,9 +165,7 @@ def _finish(outs: list, back, return_grad: bool, return_std: bool):
         if len(outs) == 1:  # exact: no sampling error
             std = result * 0
         else:
-            from array_api_compat import array_namespace
-
-            result, std = batch_means([o[1] for o in outs], array_namespace(result).sqrt)
+            result, std = batch_means([o[1] for o in outs], [p.samples for p in plans])
     if back is not None:
         value, result, grad, std = (None if a is None else back(a) for a in (value, result, grad, std))
     out = (value, grad, result) if return_grad else (result,)
@@ -202,7 +200,7 @@ class Compiled:
         back = None
         if self._convert:
             x, back = _to_backend(x, self.backend)
-        return _finish([fn(x) for fn in self._fns], back, self.return_grad, self.return_std)
+        return _finish([fn(x) for fn in self._fns], self.plans, back, self.return_grad, self.return_std)
 
     @property
     def code(self) -> str:

@@ -209,7 +209,7 @@ def autotune(
         raise ValueError(f"x must have shape (D,) or (N, D), got {shape}")
     api.plan(op, shape[-1], samples=samples, distribution=distribution, seed=seed)  # plan errors surface here
     cands = _candidates(f, x, backends, methods)
-    key = _key(op, f, x, shape, samples, distribution)
+    key = _key(op, f, x, shape, samples, distribution, torch_timed=any(b == "torch" for b, _ in cands))
     key_id = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = cache_path()
     names = [f"{b}/{m}" for b, m in cands]
@@ -324,7 +324,7 @@ def _has_contents(cell) -> bool:
     return True
 
 
-def _key(op: Operator, f, x, shape, samples, distribution) -> dict[str, Any]:
+def _key(op: Operator, f, x, shape, samples, distribution, torch_timed: bool = True) -> dict[str, Any]:
     dim = shape[-1]
     coeffs = sorted((list(a), float(c)) for a, c in op.coefficients(dim).items())
     return {
@@ -337,7 +337,7 @@ def _key(op: Operator, f, x, shape, samples, distribution) -> dict[str, Any]:
         "distribution": (api._distribution(distribution) if samples is not None else None),
         "program": _program_id(f),
         "versions": versions(),
-        "threads": thread_settings(),
+        "threads": thread_settings(torch=torch_timed),
         **{k: v for name in available_backends() for k, v in interop(name).config().items()},
     }
 

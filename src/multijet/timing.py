@@ -168,10 +168,11 @@ def slope_resolved(slope: float | None, r2: float | None) -> bool:
     return slope is not None and slope > 0 and (r2 is None or r2 >= MIN_R2)
 
 
-def thread_settings() -> dict[str, Any]:
-    """The thread limits timings depend on: torch's intra-op threads (when torch is loaded), the OpenMP/BLAS
-    variables, XLA's Eigen pool flag, and a limit set by ``--threads`` (part of autotune's cache key)."""
-    torch = sys.modules.get("torch")
+def thread_settings(torch: bool = True) -> dict[str, Any]:
+    """The thread limits timings depend on: torch's intra-op threads (when torch is loaded and ``torch``: it
+    times a torch candidate), the OpenMP/BLAS variables, XLA's Eigen pool flag, and a limit set by
+    ``--threads`` (part of autotune's cache key)."""
+    torch = sys.modules.get("torch") if torch else None
     flags = os.environ.get("XLA_FLAGS", "")
     return {
         "torch_threads": torch.get_num_threads() if torch is not None else None,

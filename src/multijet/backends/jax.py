@@ -388,15 +388,17 @@ def compile(
     parameters, call ``mj.laplacian`` inside your own ``jax.jit``/``jax.grad`` instead.
     """
     x_example = _as_array(x_example)
-    named = resolve(x_example, mesh, batch_axis) if (mesh is not None or batch_axis is not None) else None
+    named = None
+    if mesh is not None or batch_axis is not None:  # the example's row count is not checked: each call's is
+        named = resolve(x_example, mesh, batch_axis, check=False)
     specs, arrays = _specs_arrays(plan, method, return_grad, x_example.dtype, direction_chunk_size, sparsity)
+    closed = capture(f, x_example)  # once: every sharding's program reads the same parameters
+    jaxpr, consts = closed.jaxpr, list(closed.consts)
+    program = None if method == "nested" else _Capture().program(jaxpr, consts)  # the one the jit trace runs
+    point = _point(jaxpr, specs, method, return_grad, program)
 
     def build(shard):
         """The jitted program for a batch sharded as ``shard``."""
-        closed = capture(f, x_example)
-        jaxpr, consts = closed.jaxpr, list(closed.consts)
-        program = None if method == "nested" else _Capture().program(jaxpr, consts)  # the one the jit trace runs
-        point = _point(jaxpr, specs, method, return_grad, program)
         return jax.jit(lambda x: _evaluate(point, chunk_size, shard, consts, x, arrays)), program
 
     return CompiledJax(build, x_example, specs, named)

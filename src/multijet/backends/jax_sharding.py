@@ -95,7 +95,7 @@ def _manual(mesh, axes) -> bool:
     return any(types.get(a) == jax.sharding.AxisType.Manual for a in axes)
 
 
-def resolve(x, mesh=None, batch_axis=None) -> BatchSharding | None:
+def resolve(x, mesh=None, batch_axis=None, check: bool = True) -> BatchSharding | None:
     """The batch sharding to keep: named by ``mesh``/``batch_axis``, else the one ``x`` carries (or None).
 
     ``mesh`` defaults to the mesh of ``x``'s sharding, then to the context mesh (``jax.set_mesh``);
@@ -133,6 +133,6 @@ def resolve(x, mesh=None, batch_axis=None) -> BatchSharding | None:
     if _manual(mesh, axes) or _manual(jax.sharding.get_abstract_mesh(), axes):  # inside shard_map: each
         return None  # device runs on its own rows already
     found = BatchSharding(mesh, axes)
-    if jnp.ndim(x) >= 2:
+    if check and jnp.ndim(x) >= 2:
         found.check(x.shape[0])
     return found

@@ -9,8 +9,9 @@ reducer, and its hooks average the parameters' gradients in ``backward`` as for 
 
 An operator need not depend on every parameter (the Laplacian of an MLP never reads the last bias), and DDP
 without ``find_unused_parameters=True`` fails on the next step when a parameter got no gradient. Every
-trainable parameter is therefore attached to the outputs by :class:`_Touch`, which contributes an exact zero
-gradient: ``∂(result)/∂p = 0`` for a parameter the result does not depend on.
+trainable parameter is therefore attached to the outputs by :class:`_Zero`, which contributes an exact zero
+gradient: ``∂(result)/∂p = 0`` for a parameter the result does not depend on. The module's forward hooks are
+off during the call: the captured program already applied them.
 """
 
 from __future__ import annotations
@@ -39,31 +40,35 @@ def unwrap(f: Callable) -> tuple[Callable, Any]:
     return f, None
 
 
-class _Touch(torch.autograd.Function):
-    """Outputs unchanged; each parameter gets a zero gradient (so DDP's hook on it fires)."""
+class _Zero(torch.autograd.Function):
+    """A zero scalar that depends on the parameters: each gets an exact zero gradient (so DDP's hook on it
+    fires); added out of place, the results stay ordinary tensors (in-place edits allowed)."""
 
     @staticmethod
-    def forward(ctx, n_out: int, *tensors):
-        ctx.n_out = n_out
-        ctx.params = [(p.shape, p.dtype, p.device) for p in tensors[n_out:]]
-        return tuple(t.view_as(t) for t in tensors[:n_out])
+    def forward(ctx, dtype_of: torch.Tensor, *params):
+        ctx.params = [(p.shape, p.dtype, p.device) for p in params]
+        return torch.zeros((), dtype=dtype_of.dtype, device=dtype_of.device)
 
     @staticmethod
-    def backward(ctx, *grads):
-        zeros = [torch.zeros(s, dtype=dt, device=dev) for s, dt, dev in ctx.params]
-        return (None, *grads, *zeros)
+    def backward(ctx, grad):
+        return (None, *[torch.zeros(s, dtype=dt, device=dev) for s, dt, dev in ctx.params])
 
 
 def _touch_all(ddp, result: tuple) -> tuple:
+    """Every trainable parameter in the results' graph, with a zero gradient; not with
+    ``find_unused_parameters=True``, where DDP itself marks the unused ones (a touch would mark them twice)."""
+    if getattr(ddp, "find_unused_parameters", False) or not torch.is_grad_enabled():
+        return result
     params = [p for p in ddp.module.parameters() if p.requires_grad]
     slots = [i for i, r in enumerate(result) if isinstance(r, torch.Tensor) and r.is_floating_point()]
-    if not torch.is_grad_enabled() or not params or not slots:
+    if not params or not slots:
         return result
-    touched = _Touch.apply(len(slots), *(result[i] for i in slots), *params)
-    out = list(result)
-    for i, t in zip(slots, touched, strict=True):
-        out[i] = t
-    return tuple(out)
+    zero = _Zero.apply(result[slots[0]].detach(), *params)
+    return tuple(r + zero if i in slots else r for i, r in enumerate(result))
+
+
+_HOOKS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+          "_forward_pre_hooks_with_kwargs")  # fmt: skip
 
 
 def through(ddp, fn: Callable, X: torch.Tensor):
@@ -73,8 +78,13 @@ def through(ddp, fn: Callable, X: torch.Tensor):
     module = ddp.module
     had = "forward" in module.__dict__
     saved = module.__dict__.get("forward")
+    hooks = {name: getattr(module, name) for name in _HOOKS if hasattr(module, name)}
+    for name, table in hooks.items():  # the captured program already holds the module's hooks: not twice
+        object.__setattr__(module, name, type(table)())
 
     def restore():
+        for name, table in hooks.items():
+            object.__setattr__(module, name, table)
         if had:
             module.forward = saved
         elif "forward" in module.__dict__:
