@@ -354,3 +354,36 @@ def test_jax_sparse_under_grad_of_parameters():
     g_dense = jax.grad(energy)(W0, False)
     _close(g_sparse, g_dense)
     assert float(jnp.abs(g_sparse).max()) > 0
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_particles_seen_through_a_cast_and_a_scaling_of_x(backend):
+    """``(2·x.astype(float64)).reshape(n, 3)``: the particle view comes after element-preserving ops on x; the
+    sparsity analysis still finds it (it used to look only at ops applied to x itself)."""
+    n = 5
+    W1 = np.random.default_rng(0).normal(size=(3, 8))
+    X = np.random.default_rng(1).standard_normal((3, 3 * n))
+    if backend == "jax":
+        jax = pytest.importorskip("jax")
+        jax.config.update("jax_enable_x64", True)
+        jnp = jax.numpy
+
+        def f(x):
+            r = (2.0 * x.astype(jnp.float64)).reshape(n, 3)
+            return jnp.cos(jnp.tanh(r @ W1)).sum() + jnp.sum(jnp.sqrt(jnp.sum(r * r, -1) + 0.1))
+
+        X = jnp.asarray(X)
+        nested = jax.vmap(lambda x: jnp.trace(jax.hessian(f)(x)))(X)
+    else:
+        torch = pytest.importorskip("torch")
+        Wt = torch.as_tensor(W1)
+
+        def f(x):
+            r = (2.0 * x.to(torch.float64)).reshape(n, 3)
+            return torch.cos(torch.tanh(r @ Wt)).sum() + torch.sqrt((r * r).sum(-1) + 0.1).sum()
+
+        X = torch.as_tensor(X)
+        nested = torch.func.vmap(lambda x: torch.func.hessian(f)(x).trace())(X)
+    sparse = mj.compile(mj.Laplacian(), f, X)
+    _close(np.asarray(sparse(X)), np.asarray(nested))
+    assert "direction sparsity: blocks of b=3" in sparse.schedule, sparse.schedule

@@ -423,13 +423,19 @@ def _candidates(program: Program, R: int, candidates: tuple[int, ...]) -> tuple[
     in d dimensions), among ``candidates``; none when the program never views its input as particles (an MLP
     on ``x``: its first product mixes every direction, and the analysis would only cost build time)."""
     (xvar,) = program.invars
+    views = {xvar}  # x and flat arrays of its R elements one to one: a dtype cast, a negation, a scaling, x·x
     found = []
     for eqn in program.eqns:
-        if xvar in eqn.ins:
-            for v in eqn.outs:
-                d = v.shape[-1] if v.ndim >= 2 else 0
-                if _size(v) == R and d in candidates and d < R and R % d == 0 and d not in found:
-                    found.append(d)
+        if not any(v in views for v in eqn.ins):
+            continue
+        for v in eqn.outs:
+            if _size(v) != R:
+                continue
+            d = v.shape[-1] if v.ndim >= 2 else 0
+            if d in candidates and d < R and R % d == 0 and d not in found:
+                found.append(d)
+            if eqn.kind in ("linear", "elementwise", "sum", "bilinear", "divide") and v.ndim <= 1:
+                views.add(v)
     return tuple(found)
 
 
