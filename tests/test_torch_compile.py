@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +14,7 @@ import multijet as mj
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
+HERE = Path(__file__).parent
 
 
 def _net():
@@ -24,7 +28,7 @@ def _grads(net, loss):
     return [p.grad.clone() for p in net.parameters() if p.grad is not None]
 
 
-def test_torch_compile_of_a_step_with_a_compiled_operator_equals_eager():
+def _check_step_with_a_compiled_operator():
     net = _net()
     X = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     op = mj.compile(mj.Laplacian(), net, X)
@@ -49,7 +53,7 @@ def test_torch_compile_of_a_step_with_a_compiled_operator_equals_eager():
     assert not noisy, noisy
 
 
-def test_mj_laplacian_inside_torch_compile_runs_eagerly_and_equals_eager():
+def _check_mj_laplacian_inside_torch_compile():
     net = _net()
     X = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     ref = mj.laplacian(net, X)
@@ -60,3 +64,12 @@ def test_mj_laplacian_inside_torch_compile_runs_eagerly_and_equals_eager():
     torch.testing.assert_close(got, ref.pow(2), rtol=1e-10, atol=1e-12)
     noisy = [str(w.message)[:120] for w in caught if "dynamo" in str(w.filename)]
     assert not noisy, noisy
+
+
+@pytest.mark.parametrize("check", ["_check_step_with_a_compiled_operator", "_check_mj_laplacian_inside_torch_compile"])
+def test_torch_compile_in_a_subprocess_under_a_timeout(check):
+    """Each check runs in a child process under a timeout: inductor compiles with worker processes and the
+    compiled step is called repeatedly, so a stall fails the test instead of hanging the run."""
+    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import test_torch_compile as t; t.{check}(); print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
