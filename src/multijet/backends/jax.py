@@ -407,8 +407,8 @@ def compile(
 class CompiledJax:
     """``compile``'s callable: the jitted jet program; ``.code`` prints its jaxpr, ``.lower`` lowers it.
 
-    One program per batch sharding it meets (usually one): a batch sharded over a mesh is traced with that
-    mesh in context, and chunked within each device's rows."""
+    One jitted program per batch sharding it meets (usually one), all from the one capture: a sharded batch
+    runs as each device's program on its own rows (:mod:`.jax_sharding`)."""
 
     def __init__(self, build: Callable, x_example, specs: tuple = (), named=None):
         self._build, self._x_example, self._named = build, x_example, named
