@@ -183,18 +183,17 @@ def product(a: Coeffs, b: Coeffs, ctx: JetContext, mul: Callable[[Array, Array],
     out: Coeffs = [None] * (K + 1)
     for k in range(K + 1):
         top = ctx.collapsed and k == K and K > 0
-        total, mixed = None, None
+        total = None
         for j in range(k + 1):
             aj, bj = a[j], b[k - j]
             if aj is None or bj is None:
                 continue
-            term = _mul_const(math.comb(k, j), mul(aj, bj))
-            if top and 0 < j < k:
-                mixed = _add(mixed, term)
+            if not (top and 0 < j < k):
+                total = _add(total, _mul_const(math.comb(k, j), mul(aj, bj)))
+            elif ctx.wdot is not None and mul is _times:  # Σ_r w_r a_r b_r fused, the constant after the sum
+                total = _add(total, _mul_const(math.comb(k, j), ctx.wdot(aj, bj)))
             else:
-                total = _add(total, term)
-        if mixed is not None:
-            total = _add(total, ctx.wsum(mixed))
+                total = _add(total, _mul_const(math.comb(k, j), ctx.wsum(mul(aj, bj))))
         out[k] = total
     return out
 

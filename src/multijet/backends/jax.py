@@ -186,15 +186,21 @@ def _context(spec: engine.GroupSpec, w) -> engine.Context:
         def wsum(a):
             return jnp.sum(a, axis=0)
 
+        def wdot(a, b):
+            return jnp.einsum("r...,r...->...", a, b)
+
     else:
 
         def wsum(a):
             return jnp.tensordot(w, a, axes=1)
 
+        def wdot(a, b):
+            return jnp.einsum("r,r...,r...->...", w, a, b)
+
     w0 = w[0] if spec.order == 0 else None
     weights = None if spec.ones else w
     return engine.Context(
-        spec.order, spec.collapsed, spec.R, Layout(spec.R), wsum, backend=NAME, weight0=w0, weights=weights
+        spec.order, spec.collapsed, spec.R, Layout(spec.R), wsum, wdot, backend=NAME, weight0=w0, weights=weights
     )
 
 

@@ -44,6 +44,11 @@ class SparseOps:
         return jnp.sum(c, axis=0)
 
     @staticmethod
+    def direction_dot(a, b):
+        """``Σ_s a_s b_s`` over the slot axis as one contraction (no ``(b, *shape)`` product formed)."""
+        return jnp.einsum("s...,s...->...", a, b)
+
+    @staticmethod
     def sum_last(c):
         """``Σ`` over the last point axis."""
         return jnp.sum(c, axis=-1)

@@ -51,15 +51,17 @@ class SparseRun:
 
     def _new_slot_context(self, p) -> Context:
         layout, g = self.ctx.layout, self.ctx
+        wdot = None
         if g.weights is None:
             wsum = layout.direction_sum
+            wdot = getattr(layout, "direction_dot", None)  # Σ_s a_s b_s without the product (optional)
         else:
             W = layout.gather_weights(g.weights, self.plan.weight_index(p))
 
             def wsum(c, W=W):
                 return layout.direction_sum(c * W)
 
-        return Context(g.order, g.collapsed, self.plan.slots(p), layout, wsum, None, g.backend)
+        return Context(g.order, g.collapsed, self.plan.slots(p), layout, wsum, wdot, g.backend)
 
     def align(self, eqn: Equation, ins: list[list]) -> list[list]:
         """The operands of a compressed equation in its output's slot layout: a pointwise equation gathers
