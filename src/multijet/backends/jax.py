@@ -29,6 +29,7 @@ from .jax_linalg import LINALG_CALLS  # noqa: F401  (registers the linear-algebr
 from .jax_nested import nested_point, unit_rows
 from .jax_sharding import from_type, resolve
 from .jax_sparse import SparseOps
+from .jax_sums import lead_dot, lead_sum
 from .jax_table import KINDS, RULES, bind_fn, map_lead, register_rule, vary_like
 
 __all__ = ["NAME", "run", "compile", "seed_from", "register_rule", "RULES", "KINDS", "set_strict", "capture"]
@@ -182,20 +183,14 @@ class Layout(SparseOps):
 
 def _context(spec: engine.GroupSpec, w) -> engine.Context:
     if spec.ones:
-
-        def wsum(a):
-            return jnp.sum(a, axis=0)
-
-        def wdot(a, b):
-            return jnp.einsum("r...,r...->...", a, b)
-
+        wsum, wdot = lead_sum, lead_dot
     else:
 
         def wsum(a):
-            return jnp.tensordot(w, a, axes=1)
+            return lead_sum(a, w)
 
         def wdot(a, b):
-            return jnp.einsum("r,r...,r...->...", w, a, b)
+            return lead_dot(a, b, w)
 
     w0 = w[0] if spec.order == 0 else None
     weights = None if spec.ones else w

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..engine.program import Var
+from .jax_sums import lead_dot, lead_sum
 
 __all__ = ["SparseOps"]
 
@@ -41,12 +42,12 @@ class SparseOps:
 
     @staticmethod
     def direction_sum(c):
-        return jnp.sum(c, axis=0)
+        return lead_sum(c)
 
     @staticmethod
     def direction_dot(a, b):
-        """``Σ_s a_s b_s`` over the slot axis as one contraction (no ``(b, *shape)`` product formed)."""
-        return jnp.einsum("s...,s...->...", a, b)
+        """``Σ_s a_s b_s`` over the slot axis (:func:`.jax_sums.lead_dot`)."""
+        return lead_dot(a, b)
 
     @staticmethod
     def sum_last(c):
