@@ -1,26 +1,34 @@
 """Sums over the leading direction axis for the JAX layout: ``Σ_r w_r c_r`` and ``Σ_r w_r a_r b_r``.
 
-Up to :data:`UNROLL` directions they are a chain of adds of the slices (one elementwise loop, the product
-never formed whole). XLA's CPU reduce over a leading axis into a large output runs several times slower than
-those adds: measured, 20 directions of (20, 768) per point, 16 points, 36 ms against 7 ms. Beyond
-:data:`UNROLL`, where the output is small next to the input, the reduce is as fast and compiles in constant
-time.
+Up to :data:`UNROLL` directions into an output of at least :data:`MIN_OUTPUT` elements per point they are a
+chain of adds of the slices (one elementwise loop, the product never formed whole): XLA's CPU reduce over a
+leading axis into a large output runs several times slower than those adds (measured: 20 directions of
+(20, 768) per point, 16 points, 36 ms against 7 ms). Into a small output (a layer's width: (20, 768) → (768,))
+the reduce is as fast, and with many directions it is faster; it also compiles in constant time.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax.numpy as jnp
 
-__all__ = ["UNROLL", "lead_sum", "lead_dot"]
+__all__ = ["UNROLL", "MIN_OUTPUT", "lead_sum", "lead_dot"]
 
 #: the most directions summed by unrolled adds
 UNROLL = 32
+#: the fewest output elements per point for which the adds are unrolled
+MIN_OUTPUT = 2048
+
+
+def _unrolled(R: int, point_shape) -> bool:
+    return R <= UNROLL and math.prod(point_shape) >= MIN_OUTPUT
 
 
 def lead_sum(c, w=None):
     """``Σ_r w_r c_r`` (``w`` None: every weight 1)."""
     R = c.shape[0]
-    if R > UNROLL:
+    if not _unrolled(R, c.shape[1:]):
         return jnp.sum(c, axis=0) if w is None else jnp.tensordot(w, c, axes=1)
     out = None
     for r in range(R):
@@ -32,7 +40,7 @@ def lead_sum(c, w=None):
 def lead_dot(a, b, w=None):
     """``Σ_r w_r a_r b_r`` of two per-direction arrays whose point shapes broadcast."""
     R = max(a.shape[0], b.shape[0])
-    if R > UNROLL:
+    if not _unrolled(R, jnp.broadcast_shapes(a.shape[1:], b.shape[1:])):
         return lead_sum(a * b, w)
     out = None
     for r in range(R):
