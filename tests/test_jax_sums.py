@@ -32,6 +32,7 @@ def test_lead_sums_equal_plain_sums(R, point, weighted):
 
 
 def test_unrolling_thresholds_are_both_exercised():
-    assert jax_sums._unrolled(20, (3, 700))  # 2100 outputs, 20 directions: unrolled
-    assert not jax_sums._unrolled(20, (4,))  # small output: XLA's reduce
-    assert not jax_sums._unrolled(33, (3, 700))  # many directions: XLA's reduce
+    assert jax_sums._unrolled(20, (3, 700), np.float64)  # 16.8 kB out, 20 directions: unrolled
+    assert not jax_sums._unrolled(20, (3, 700), np.float32)  # 8.4 kB: XLA's reduce
+    assert not jax_sums._unrolled(20, (4,), np.float64)  # small output: XLA's reduce
+    assert not jax_sums._unrolled(33, (3, 700), np.float64)  # many directions: XLA's reduce
