@@ -183,7 +183,7 @@ def product(a: Coeffs, b: Coeffs, ctx: JetContext, mul: Callable[[Array, Array],
     out: Coeffs = [None] * (K + 1)
     for k in range(K + 1):
         top = ctx.collapsed and k == K and K > 0
-        total = None
+        total, mixed = None, None
         for j in range(k + 1):
             aj, bj = a[j], b[k - j]
             if aj is None or bj is None:
@@ -192,8 +192,10 @@ def product(a: Coeffs, b: Coeffs, ctx: JetContext, mul: Callable[[Array, Array],
                 total = _add(total, _mul_const(math.comb(k, j), mul(aj, bj)))
             elif ctx.wdot is not None and mul is _times:  # Σ_r w_r a_r b_r fused, the constant after the sum
                 total = _add(total, _mul_const(math.comb(k, j), ctx.wdot(aj, bj)))
-            else:
-                total = _add(total, _mul_const(math.comb(k, j), ctx.wsum(mul(aj, bj))))
+            else:  # the mixed terms summed first: one Σ_r w_r for all of them
+                mixed = _add(mixed, _mul_const(math.comb(k, j), mul(aj, bj)))
+        if mixed is not None:
+            total = _add(total, ctx.wsum(mixed))
         out[k] = total
     return out
 

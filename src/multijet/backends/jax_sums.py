@@ -32,21 +32,22 @@ def lead_sum(c, w=None):
     R = c.shape[0]
     if not _unrolled(R, c.shape[1:], c.dtype):
         return jnp.sum(c, axis=0) if w is None else jnp.tensordot(w, c, axes=1)
-    out = None
-    for r in range(R):
-        t = c[r] if w is None else w[r] * c[r]
-        out = t if out is None else out + t
-    return out
+    return _adds([c[r] for r in range(R)], w)
 
 
 def lead_dot(a, b, w=None):
-    """``Σ_r w_r a_r b_r`` of two per-direction arrays whose point shapes broadcast."""
+    """``Σ_r w_r a_r b_r`` of two per-direction arrays whose point shapes broadcast (a leading axis of 1 is
+    the same for every direction)."""
     R = max(a.shape[0], b.shape[0])
     if not _unrolled(R, jnp.broadcast_shapes(a.shape[1:], b.shape[1:]), jnp.result_type(a, b)):
         return lead_sum(a * b, w)
+    return _adds([a[min(r, a.shape[0] - 1)] * b[min(r, b.shape[0] - 1)] for r in range(R)], w)
+
+
+def _adds(terms: list, w):
+    """``Σ_r w_r t_r`` as a chain of adds."""
     out = None
-    for r in range(R):
-        t = a[min(r, a.shape[0] - 1)] * b[min(r, b.shape[0] - 1)]
+    for r, t in enumerate(terms):
         t = t if w is None else w[r] * t
         out = t if out is None else out + t
     return out
