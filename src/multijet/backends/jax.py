@@ -28,6 +28,7 @@ from ..plan import Plan
 from .jax_linalg import LINALG_CALLS  # noqa: F401  (registers the linear-algebra rules)
 from .jax_nested import nested_point, unit_rows
 from .jax_sharding import from_type, resolve
+from .jax_simplify import distribute_contractions
 from .jax_sparse import SparseOps
 from .jax_sums import lead_dot, lead_sum
 from .jax_table import KINDS, RULES, bind_fn, map_lead, register_rule, vary_like
@@ -127,14 +128,15 @@ class _Capture:
 
 
 def capture(f: Callable, x) -> tuple[jcore.ClosedJaxpr, Callable]:
-    """``jax.make_jaxpr`` of ``f`` (outputs stacked) at one point of ``x``'s dimension and dtype."""
+    """``jax.make_jaxpr`` of ``f`` (outputs stacked) at one point of ``x``'s dimension and dtype, contractions
+    distributed over concatenations and broadcasts (:mod:`.jax_simplify`)."""
     closed = jax.make_jaxpr(stack_outputs(f, jnp.asarray, jnp.stack))(jax.ShapeDtypeStruct((x.shape[-1],), x.dtype))
     if len(closed.jaxpr.outvars) != 1:
         raise TypeError(
             f"f must return one array, got {len(closed.jaxpr.outvars)} outputs; apply the operator to each output "
             "separately or stack them into one array"
         )
-    return closed
+    return distribute_contractions(closed)
 
 
 # --- layout ------------------------------------------------------------------------------------------------------

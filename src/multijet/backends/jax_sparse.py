@@ -16,6 +16,9 @@ from .jax_sums import lead_dot, lead_sum
 
 __all__ = ["SparseOps"]
 
+#: slot counts up to which slots are expanded to directions by selects rather than a gather
+SELECT_SLOTS = 24
+
 
 class SparseOps:
     """Mixed into the JAX :class:`~multijet.backends.jax.Layout`."""
@@ -84,6 +87,20 @@ class SparseOps:
     @staticmethod
     def expand(c, index: np.ndarray, var: Var):
         """``out[r, e] = c[index[r, e], e]`` with ``index = b`` a zero: the compressed slots at their directions."""
-        c = jnp.broadcast_to(c, (c.shape[0],) + var.shape)
+        k = c.shape[0]
+        if k <= SELECT_SLOTS:
+            return _select_slots(c, index, var)
+        c = jnp.broadcast_to(c, (k,) + var.shape)
         padded = jnp.concatenate([c, jnp.zeros((1,) + var.shape, c.dtype)], axis=0)
         return jnp.take_along_axis(padded, jnp.asarray(index), axis=0)
+
+
+def _select_slots(c, index: np.ndarray, var: Var):
+    """``out[r, e] = c[index[r, e], e]`` (0 where ``index = k``) as a chain of selects against the constant
+    index: elementwise, so XLA fuses it into its consumers (its gather is several times slower on CPU)."""
+    k = c.shape[0]
+    idx = jnp.asarray(index.astype(np.int8 if k < 127 else np.int32))
+    out = jnp.zeros((), c.dtype)
+    for j in range(k):
+        out = jnp.where(idx == j, c[j], out)
+    return jnp.broadcast_to(out, (index.shape[0],) + var.shape)

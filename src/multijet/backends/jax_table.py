@@ -305,7 +305,7 @@ for _n in ("tanh", "logistic", "sin", "cos", "tan", "asin", "acos", "atan", "asi
 register_rule("abs", lambda eqn, cap: kinds.Elementwise(_lifted(eqn), "abs", {"at_zero": 1.0}), "elementwise")
 register_rule("pow", _pow, "elementwise")
 register_rule("integer_pow", _elementwise("pow", exponent="y"), "elementwise")
-for _n in ("sign", "floor", "ceil", "round", "stop_gradient", "nextafter", "is_finite"):
+for _n in ("sign", "floor", "ceil", "round", "stop_gradient", "nextafter", "is_finite", "iota"):
     register_rule(_n, _zero, "zero")
 register_rule("add", _sum(1.0, 1.0), "sum")
 register_rule("add_any", _sum(1.0, 1.0), "sum")
@@ -313,7 +313,7 @@ register_rule("sub", _sum(1.0, -1.0), "sum")
 register_rule("neg", _sum(-1.0), "sum")
 for _n in ("reshape", "broadcast_in_dim", "transpose", "squeeze", "expand_dims", "rev", "slice",
            "cumsum", "convert_element_type", "copy", "copy_p", "reduce_precision", "dynamic_slice", "gather",
-           "split", "sharding_constraint"):  # fmt: skip
+           "split", "sharding_constraint", "tile"):  # fmt: skip
     register_rule(_n, _linear((0,)), "linear")
 register_rule("optimization_barrier", _linear(None), "linear")  # identity on every operand
 register_rule(
