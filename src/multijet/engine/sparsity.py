@@ -47,6 +47,8 @@ BLOCK_CANDIDATES = (2, 3, 4, 5, 6, 8)
 MAX_SET = 8
 #: the cost of a gathered element (expanding slots to directions, aligning operands) against a computed one
 GATHER_COST = 3.0
+#: multiply-adds of a contraction (a GEMM) that cost as much as one elementwise output element
+CONTRACTION_RATE = 4.0
 #: sparsity is used when its cost is below this fraction of the dense propagation's
 PAYS = 0.8
 
@@ -240,6 +242,22 @@ def row_blocks(p: np.ndarray, B: int) -> np.ndarray | None:
 
 def _size(v: Var) -> int:
     return int(np.prod(v.shape, dtype=np.int64))
+
+
+def _work(eqn: Equation) -> float:
+    """Work per output element, in units of an elementwise one: a contraction of length ``K`` does ``K``
+    multiply-adds per element, at ``CONTRACTION_RATE`` of them per elementwise cost (they run as GEMMs);
+    ``K = sqrt(|a||b|/|out|)`` (exact for ``x @ W``, an over-estimate with batch axes); a matrix function of
+    ``n × n`` matrices does about ``n`` products of them per output element of the matrices."""
+    if eqn.kind == "bilinear" and not eqn.impl.broadcasting and len(eqn.ins) == 2:
+        a, b = (_size(v) for v in eqn.ins)
+        out = max(_size(eqn.outs[0]), 1)
+        return max(1.0, float(np.sqrt(a * b / out)) / CONTRACTION_RATE)
+    if eqn.kind == "linalg" and eqn.ins and eqn.ins[0].ndim >= 2:
+        a = eqn.ins[0]
+        out = max(sum(_size(v) for v in eqn.outs), 1)
+        return max(1.0, _size(a) * a.shape[-1] / out / CONTRACTION_RATE)
+    return 1.0
 
 
 def analyse(program: Program, in_pattern: np.ndarray, probe: Probe, concrete: Callable[[Any], Any], sets: BlockSets):
@@ -460,7 +478,7 @@ def _choose(program: Program, pats: dict, why: dict, sets: BlockSets, b: int, R:
             and all(v in plan.compressed for v in ins)
             and all(np.array_equal(pats[v], pats[outs[0]]) for v in outs[1:])
         )
-        size = sum(_size(v) for v in outs) * per_dir
+        size = sum(_size(v) for v in outs) * per_dir * _work(eqn)
         dense += R * size
         if ok:
             plan.compressed.update(outs)
