@@ -17,6 +17,9 @@ Methods (each ``x ↦ Δ log|ψ|(x)`` on a batch X of shape (N, 3n)):
 - ``folx sparse``: ``jax.jit(jax.vmap(lambda x: folx.forward_laplacian(log_psi, sparsity_threshold=6)(x)
   .laplacian))`` (FermiNet's setting), the comparison method;
 - ``folx dense``: the same with ``sparsity_threshold=0``;
+- ``folx sparse, XLA options as multijet``: folx sparse jitted with the XLA compiler options multijet gives its
+  own programs (``multijet.backends.jax_options``: YNNPACK kept to single dots), to show what of the difference
+  is XLA's fusion choice;
 - ``nested``: ``jax.jit(jax.vmap(lambda x: jnp.trace(jax.hessian(log_psi)(x))))``, the reference.
 
 Every child is a fresh process pinned to one CPU (``taskset -c``, default CPU 1) with one thread
@@ -51,7 +54,8 @@ from child_runs import rel_err as _rel_err  # noqa: E402
 OUT = HERE / "results" / "vmc_wavefunctions"
 WAVEFUNCTIONS = ("ferminet_like", "psiformer_like", "per_electron_like")
 BASE, REF, ALT_REF = "folx sparse", "nested", "folx dense"
-SHARED = ("multijet sparse", "multijet dense", "folx sparse", "folx dense")  # timed interleaved in one child
+OPTS = "folx sparse, XLA options as multijet"  # folx under multijet's compiler options (jax_options), for reference
+SHARED = ("multijet sparse", "multijet dense", "folx sparse", "folx dense", OPTS)  # timed interleaved in one child
 METHODS = (*SHARED, REF)
 TOL = 1e-8
 
@@ -67,9 +71,12 @@ def _makers(log_psi, X) -> dict:
 
     import multijet as mj
 
-    def folx_lap(threshold):
+    from multijet.backends.jax_options import compiler_options
+
+    def folx_lap(threshold, options=None):
         return lambda: jax.jit(
-            jax.vmap(lambda x: folx.forward_laplacian(log_psi, sparsity_threshold=threshold)(x).laplacian)
+            jax.vmap(lambda x: folx.forward_laplacian(log_psi, sparsity_threshold=threshold)(x).laplacian),
+            compiler_options=options,
         )
 
     return {
@@ -77,6 +84,7 @@ def _makers(log_psi, X) -> dict:
         "multijet dense": lambda: mj.compile(mj.Laplacian(), log_psi, X, backend="jax", sparsity=False),
         "folx sparse": folx_lap(6),
         "folx dense": folx_lap(0),
+        OPTS: folx_lap(6, compiler_options()),
         "nested": lambda: jax.jit(jax.vmap(lambda x: jnp.trace(jax.hessian(log_psi)(x)))),
     }
 

@@ -27,6 +27,7 @@ from ..engine.program import Equation, Program, Var
 from ..plan import Plan
 from .jax_linalg import LINALG_CALLS  # noqa: F401  (registers the linear-algebra rules)
 from .jax_nested import nested_point, unit_rows
+from .jax_options import compiler_options
 from .jax_sharding import from_type, resolve
 from .jax_simplify import distribute_contractions
 from .jax_sparse import SparseOps
@@ -290,16 +291,18 @@ def _static_consts(consts: list) -> tuple:
     return tuple(out)
 
 
-def _runner(jaxpr, specs, method, return_grad, chunk=None, static: tuple = (), shard=None) -> Callable:
+def _runner(jaxpr, specs, method, return_grad, chunk=None, static: tuple = (), shard=None, top=False) -> Callable:
     """A jitted ``(consts, X, arrays) -> (value, result, grad)``, cached on the program's text, its integer
     constants and the plan's static structure (so repeated eager calls, with new parameters or new random
     directions, reuse it)."""
     static_key = tuple((i, a.dtype.str, a.shape, a.tobytes()) for i, a in static)
+    options = compiler_options() if top else None  # (a jit nested in the user's takes the user's options)
     key = (str(jaxpr), specs, method, return_grad, chunk, engine.is_strict(), frozenset(RULES.items()), static_key,
-           shard)  # fmt: skip
+           shard, tuple(sorted((options or {}).items())))  # fmt: skip
     fn = _RUNNERS.get(key)
     if fn is None:
-        fn = jax.jit(partial(_evaluate, _point(jaxpr, specs, method, return_grad, static=static), chunk, shard))
+        point = _point(jaxpr, specs, method, return_grad, static=static)
+        fn = jax.jit(partial(_evaluate, point, chunk, shard), compiler_options=options)
         _RUNNERS[key] = fn
         if len(_RUNNERS) > _MAX_RUNNERS:
             _RUNNERS.popitem(last=False)
@@ -367,7 +370,8 @@ def run(
     closed = capture(f, x)
     specs, arrays = _specs_arrays(plan, method, return_grad, x.dtype, direction_chunk_size, sparsity)
     consts = list(closed.consts)
-    fn = _runner(closed.jaxpr, specs, method, return_grad, chunk_size, _static_consts(consts), shard)
+    top = not any(isinstance(a, jax.core.Tracer) for a in [x, *consts])  # compiler options only at the top level
+    fn = _runner(closed.jaxpr, specs, method, return_grad, chunk_size, _static_consts(consts), shard, top)
     return fn(consts, x if shard is None else shard.place(x), arrays)
 
 
@@ -402,7 +406,10 @@ def compile(
 
     def build(shard):
         """The jitted program for a batch sharded as ``shard``."""
-        return jax.jit(lambda x: _evaluate(point, chunk_size, shard, consts, x, arrays)), program
+        run = partial(_evaluate, point, chunk_size, shard, consts, arrays=arrays)
+        options = compiler_options()
+        traced = jax.jit(lambda x: run(X=x))  # inside another trace (a user's jit): that trace's options
+        return (traced if options is None else jax.jit(lambda x: run(X=x), compiler_options=options)), traced, program
 
     return CompiledJax(build, x_example, specs, named)
 
@@ -417,7 +424,7 @@ class CompiledJax:
         self._build, self._x_example, self._named = build, x_example, named
         self._fns: dict = {}
         self.specs = specs
-        self._fn, self.program = self._for(self._sharding(x_example))
+        self._fn, self._traced, self.program = self._for(self._sharding(x_example))
 
     def _sharding(self, x):
         """The batch sharding named at compile time, else the one ``x`` is placed with (or its type carries)."""
@@ -433,7 +440,10 @@ class CompiledJax:
         if x.dtype != self._x_example.dtype:
             raise TypeError(f"compiled for dtype {self._x_example.dtype}, got x of dtype {x.dtype}")
         shard = self._sharding(x)
-        return self._for(shard)[0](x if shard is None else shard.place(x))
+        top, traced, _ = self._for(shard)
+        if isinstance(x, jax.core.Tracer):
+            return traced(x if shard is None else shard.place(x))
+        return top(x if shard is None else shard.place(x))
 
     def lower(self, x):
         return self._for(self._sharding(x))[0].lower(x)
@@ -441,7 +451,7 @@ class CompiledJax:
     @property
     def code(self) -> str:
         """The jaxpr of the jet program at ``x_example``'s shape (what XLA compiles)."""
-        return str(jax.make_jaxpr(self._fn)(self._x_example))
+        return str(jax.make_jaxpr(self._traced)(self._x_example))
 
     @property
     def schedule(self) -> str:

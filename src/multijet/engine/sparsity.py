@@ -50,7 +50,7 @@ GATHER_COST = 3.0
 #: multiply-adds of a contraction (a GEMM) that cost as much as one elementwise output element
 CONTRACTION_RATE = 4.0
 #: sparsity is used when its cost is below this fraction of the dense propagation's
-PAYS = 0.8
+PAYS = 0.9
 
 Probe = Callable[..., list]  # probe(fn, arrays, lead) -> numpy arrays (the backend's eager evaluation)
 
