@@ -114,7 +114,7 @@ def _stats(p: np.ndarray) -> np.ndarray:
 
 def _from_stats(st: np.ndarray) -> np.ndarray:
     """The pattern of an output from its pushed probes (see the module doc)."""
-    st = np.asarray(st, dtype=np.float64)
+    st = np.real(np.asarray(st)).astype(np.float64)  # (a complex-valued map of real probes: imaginary part 0)
     c, m1, m2, dense = st
     out = np.full(c.shape, NONE, dtype=np.int64)
     has = c > 0
