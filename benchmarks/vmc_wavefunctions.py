@@ -70,7 +70,6 @@ def _makers(log_psi, X) -> dict:
     import jax.numpy as jnp
 
     import multijet as mj
-
     from multijet.backends.jax_options import compiler_options
 
     def folx_lap(threshold, options=None):

@@ -296,18 +296,21 @@ def _runner(jaxpr, specs, method, return_grad, chunk=None, static: tuple = (), s
     constants and the plan's static structure (so repeated eager calls, with new parameters or new random
     directions, reuse it)."""
     static_key = tuple((i, a.dtype.str, a.shape, a.tobytes()) for i, a in static)
-    options = compiler_options() if top else None  # (a jit nested in the user's takes the user's options)
     key = (str(jaxpr), specs, method, return_grad, chunk, engine.is_strict(), frozenset(RULES.items()), static_key,
-           shard, tuple(sorted((options or {}).items())))  # fmt: skip
-    fn = _RUNNERS.get(key)
-    if fn is None:
+           shard)  # fmt: skip
+    fns = _RUNNERS.get(key)
+    if fns is None:
         point = _point(jaxpr, specs, method, return_grad, static=static)
-        fn = jax.jit(partial(_evaluate, point, chunk, shard), compiler_options=options)
-        _RUNNERS[key] = fn
+        run = partial(_evaluate, point, chunk, shard)
+        options = compiler_options() if shard is None else None  # (sharded programs: XLA's own options)
+        # one function under both jits, so they share its traces: inside the user's jit the plain one runs
+        # (JAX takes compiler options only at the top level)
+        fns = _RUNNERS[key] = (jax.jit(run), jax.jit(run, compiler_options=options))
         if len(_RUNNERS) > _MAX_RUNNERS:
             _RUNNERS.popitem(last=False)
     else:
         _RUNNERS.move_to_end(key)
+    fn = fns[1] if top else fns[0]
     return fn
 
 
@@ -407,7 +410,7 @@ def compile(
     def build(shard):
         """The jitted program for a batch sharded as ``shard``."""
         run = partial(_evaluate, point, chunk_size, shard, consts, arrays=arrays)
-        options = compiler_options()
+        options = compiler_options() if shard is None else None  # (sharded: XLA's options, see _runner)
         traced = jax.jit(lambda x: run(X=x))  # inside another trace (a user's jit): that trace's options
         return (traced if options is None else jax.jit(lambda x: run(X=x), compiler_options=options)), traced, program
 
