@@ -387,3 +387,30 @@ def test_particles_seen_through_a_cast_and_a_scaling_of_x(backend):
     sparse = mj.compile(mj.Laplacian(), f, X)
     _close(np.asarray(sparse(X)), np.asarray(nested))
     assert "direction sparsity: blocks of b=3" in sparse.schedule, sparse.schedule
+
+
+def test_cost_model_weighs_contractions_by_their_length():
+    """A contraction of length K counts K/4 elementwise costs per output element (GEMM work, not its output
+    size), a matrix function of n×n matrices about n/4 per matrix element, everything else one."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    from multijet.backends.jax import _Capture, capture
+    from multijet.engine.sparsity import CONTRACTION_RATE, _work
+
+    W = np.ones((32, 32))
+
+    def f(x):
+        h = jnp.tanh(x.reshape(4, 32) @ W)
+        return jnp.linalg.slogdet(h[:, :4] + jnp.eye(4))[1]
+
+    closed = capture(f, jnp.zeros(128))
+    program = _Capture().program(closed.jaxpr, list(closed.consts))
+    by_prim = {}
+    for eqn in program.eqns:
+        by_prim.setdefault(eqn.prim, eqn)
+    assert _work(by_prim["dot_general"]) == 32 / CONTRACTION_RATE  # K = sqrt(|a||b|/|out|) = 32
+    assert _work(by_prim["tanh"]) == 1.0
+    linalg = [e for e in program.eqns if e.kind == "linalg"]
+    assert linalg and _work(linalg[0]) > 1.0
