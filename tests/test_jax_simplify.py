@@ -88,9 +88,17 @@ def test_mean_field_concatenation_is_split_and_broadcast_hoisted():
 
 
 def test_program_without_a_site_is_unchanged():
+    """No re-trace where no identity applies: constant weights, weights broadcast from a scalar (``jnp.ones``),
+    a broadcast along the contracted axis."""
     jax.config.update("jax_enable_x64", True)
-    closed = jax.make_jaxpr(lambda x: jnp.sum(jnp.tanh(x.reshape(n, 3) @ np.ones((3, 2)))))(jnp.zeros(3 * n))
-    assert distribute_contractions(closed) is closed
+    programs = [
+        lambda x: jnp.sum(jnp.tanh(x.reshape(n, 3) @ np.ones((3, 2)))),
+        lambda x: jnp.sum(jnp.tanh(x.reshape(n, 3) @ jnp.ones((3, 2)))),
+        lambda x: jnp.sum(jnp.broadcast_to(x[:1], (3,)) @ x.reshape(3, n)),
+    ]
+    for f in programs:
+        closed = jax.make_jaxpr(f)(jnp.zeros(3 * n))
+        assert distribute_contractions(closed) is closed
 
 
 @pytest.mark.parametrize("sparsity", [None, False])

@@ -300,18 +300,22 @@ def _runner(jaxpr, specs, method, return_grad, chunk=None, static: tuple = (), s
            shard)  # fmt: skip
     fns = _RUNNERS.get(key)
     if fns is None:
-        point = _point(jaxpr, specs, method, return_grad, static=static)
-        run = partial(_evaluate, point, chunk, shard)
-        options = compiler_options() if shard is None else None  # (sharded programs: XLA's own options)
-        # one function under both jits, so they share its traces: inside the user's jit the plain one runs
-        # (JAX takes compiler options only at the top level)
-        fns = _RUNNERS[key] = (jax.jit(run), jax.jit(run, compiler_options=options))
+        fns = _RUNNERS[key] = _jits(partial(_evaluate, _point(jaxpr, specs, method, return_grad, static=static),
+                                            chunk, shard), shard)  # fmt: skip
         if len(_RUNNERS) > _MAX_RUNNERS:
             _RUNNERS.popitem(last=False)
     else:
         _RUNNERS.move_to_end(key)
-    fn = fns[1] if top else fns[0]
-    return fn
+    return fns[1] if top else fns[0]
+
+
+def _jits(fn: Callable, shard) -> tuple[Callable, Callable]:
+    """``(plain, top)``: ``fn`` jitted, for calls inside a user's trace (JAX takes compiler options only at the top
+    level), and jitted with multijet's compiler options (:mod:`.jax_options`) for top-level calls; one function
+    under both, so they share its traces. A sharded program keeps XLA's options (under them its meshes clashed)."""
+    plain = jax.jit(fn)
+    options = compiler_options() if shard is None else None
+    return plain, (plain if options is None else jax.jit(fn, compiler_options=options))
 
 
 #: per plan (weakly: a plan is frozen, its directions fixed): ``(method, return_grad, dtype, dchunk) ->``
@@ -409,10 +413,8 @@ def compile(
 
     def build(shard):
         """The jitted program for a batch sharded as ``shard``."""
-        run = partial(_evaluate, point, chunk_size, shard, consts, arrays=arrays)
-        options = compiler_options() if shard is None else None  # (sharded: XLA's options, see _runner)
-        traced = jax.jit(lambda x: run(X=x))  # inside another trace (a user's jit): that trace's options
-        return (traced if options is None else jax.jit(lambda x: run(X=x), compiler_options=options)), traced, program
+        plain, top = _jits(lambda x: _evaluate(point, chunk_size, shard, consts, x, arrays), shard)
+        return top, plain, program
 
     return CompiledJax(build, x_example, specs, named)
 

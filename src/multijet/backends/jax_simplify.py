@@ -16,6 +16,7 @@ Calls (``pjit``) that contain a site are inlined so that sites crossing their bo
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 
 import jax
@@ -30,12 +31,11 @@ except ImportError:  # pragma: no cover
 __all__ = ["distribute_contractions"]
 
 _CALLS = ("pjit", "jit", "closed_call", "core_call")
-_SOURCES = ("concatenate", "broadcast_in_dim")
 
 
 def distribute_contractions(closed):
     """``closed`` (a ClosedJaxpr of one point argument) with the two identities applied wherever they hold."""
-    if not _has_site(closed.jaxpr):
+    if not _sites(closed.jaxpr, {}):
         return closed
     (x,) = closed.jaxpr.invars
     aval = jax.ShapeDtypeStruct(x.aval.shape, x.aval.dtype)
@@ -54,22 +54,51 @@ def _dead_code_removed(jaxpr):
     return jaxpr.replace(eqns=kept[::-1])
 
 
-def _has_site(jaxpr) -> bool:
-    """A ``dot_general`` reading a concatenation or broadcast made in the same (inlined) program."""
-    return _sites(jaxpr, set())
+# --- where an identity applies (the same test for finding sites and for rewriting) ------------------------------
 
 
-def _sites(jaxpr, made: set) -> bool:
-    made = set(made)
+def _made_by(eqn) -> tuple | None:
+    """How ``eqn``'s output was made, if it may feed an identity: ``("concatenate", axis)`` or ``("broadcast",
+    operand shape, broadcast dimensions)``."""
+    name = eqn.primitive.name
+    if name == "concatenate":
+        return ("concatenate", eqn.params["dimension"])
+    if name == "broadcast_in_dim" and len(eqn.invars) == 1:
+        return ("broadcast", tuple(eqn.invars[0].aval.shape), tuple(eqn.params["broadcast_dimensions"]))
+    return None
+
+
+def _applies(made: tuple, a_shape: tuple, dimension_numbers, side: int) -> bool:
+    """Whether an identity rewrites ``dot_general`` whose operand ``side`` (of shape ``a_shape``) was ``made``:
+    a concatenation along a contracted axis, or a broadcast that keeps every contracted and batch axis at full
+    size and is larger than its operand."""
+    (contract, batch) = dimension_numbers
+    if made[0] == "concatenate":
+        return made[1] in contract[side]
+    _, g_shape, dims = made
+    if math.prod(g_shape) >= math.prod(a_shape):
+        return False
+    kept = list(contract[side]) + list(batch[side])
+    return all(d in dims and g_shape[dims.index(d)] == a_shape[d] for d in kept)
+
+
+def _sites(jaxpr, made: dict) -> bool:
+    """A ``dot_general`` of ``jaxpr`` (calls included) that an identity rewrites; ``made``: its inputs' origins."""
+    made = dict(made)
     for eqn in jaxpr.eqns:
-        name = eqn.primitive.name
-        if name == "dot_general" and any(_is_var(v) and v in made for v in eqn.invars):
-            return True
-        if name in _SOURCES:
-            made.update(eqn.outvars)
+        if eqn.primitive.name == "dot_general":
+            dn = eqn.params["dimension_numbers"]
+            for side, v in enumerate(eqn.invars[:2]):
+                how = made.get(v) if _is_var(v) else None
+                if how is not None and _applies(how, tuple(v.aval.shape), dn, side):
+                    return True
+        how = _made_by(eqn)
+        if how is not None:
+            made[eqn.outvars[0]] = how
         inner = _call_body(eqn)
         if inner is not None:
-            inside = {iv for iv, ov in zip(inner.jaxpr.invars, eqn.invars, strict=True) if _is_var(ov) and ov in made}
+            inside = {iv: made[ov] for iv, ov in zip(inner.jaxpr.invars, eqn.invars, strict=True)
+                      if _is_var(ov) and ov in made}  # fmt: skip
             if _sites(inner.jaxpr, inside):
                 return True
     return False
@@ -89,7 +118,7 @@ class _Interpreter:
     """Evaluates a jaxpr under a trace, remembering how concatenations and broadcasts were made."""
 
     def __init__(self):
-        self.origin: dict[int, tuple] = {}  # id(value) → ("concatenate", pieces, axis) | ("broadcast", g, dims)
+        self.origin: dict[int, tuple] = {}  # id(value) → (how made, concatenated pieces or broadcast operand)
         self._keep: list = []  # the values whose ids are keys (so the ids stay unique)
 
     def run(self, jaxpr, consts: Sequence, args: Sequence) -> list:
@@ -104,99 +133,85 @@ class _Interpreter:
             env[v] = a
         for eqn in jaxpr.eqns:
             ins = [read(v) for v in eqn.invars]
-            with _source(eqn):  # the re-traced equations keep the user's source lines (for warnings, errors)
+            with _user_context(eqn):  # the re-traced equations keep the user's source lines (warnings, errors)
                 outs = self._eqn(eqn, ins)
             for v, o in zip(eqn.outvars, outs, strict=True):
                 env[v] = o
         return [read(v) for v in jaxpr.outvars]
 
     def _eqn(self, eqn, ins: list) -> list:
-        name = eqn.primitive.name
         inner = _call_body(eqn)
-        if inner is not None and _sites(inner.jaxpr, self._made(inner.jaxpr, ins)):
-            return self.run(inner.jaxpr, inner.consts, ins)
-        if name == "dot_general":
+        if inner is not None:
+            made = {v: self.origin[id(a)][0] for v, a in zip(inner.jaxpr.invars, ins, strict=True)
+                    if id(a) in self.origin}  # fmt: skip
+            if _sites(inner.jaxpr, made):
+                return self.run(inner.jaxpr, inner.consts, ins)
+        if eqn.primitive.name == "dot_general":
             out = self._dot(ins[0], ins[1], eqn.params)
             if out is not None:
                 return [out]
         outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
         outs = list(outs) if eqn.primitive.multiple_results else [outs]
-        if name == "concatenate":
-            self._note(outs[0], ("concatenate", list(ins), eqn.params["dimension"]))
-        elif name == "broadcast_in_dim" and len(ins) == 1:
-            self._note(outs[0], ("broadcast", ins[0], tuple(eqn.params["broadcast_dimensions"])))
+        how = _made_by(eqn)
+        if how is not None:
+            self.origin[id(outs[0])] = (how, list(ins) if how[0] == "concatenate" else ins[0])
+            self._keep.append(outs[0])
         return outs
 
-    def _made(self, jaxpr, ins: list) -> set:
-        return {v for v, a in zip(jaxpr.invars, ins, strict=True) if id(a) in self.origin}
-
-    def _note(self, value, how: tuple) -> None:
-        self.origin[id(value)] = how
-        self._keep.append(value)
-
     def _dot(self, lhs, rhs, params):
-        """``dot_general(lhs, rhs)`` by the identities when one applies to an operand, else None."""
+        """``dot_general(lhs, rhs)`` by an identity when one applies to an operand, else None."""
         for side in (0, 1):
-            how = self.origin.get(id((lhs, rhs)[side]))
-            if how is None:
+            a = (lhs, rhs)[side]
+            origin = self.origin.get(id(a))
+            if origin is None or not _applies(origin[0], np.shape(a), params["dimension_numbers"], side):
                 continue
-            out = (self._split if how[0] == "concatenate" else self._hoist)(side, how, lhs, rhs, params)
-            if out is not None:
-                return out
+            how, made_of = origin
+            if how[0] == "concatenate":
+                return self._split(side, made_of, how[1], lhs, rhs, params)
+            return _hoist(side, made_of, how[2], lhs, rhs, params)
         return None
 
-    def _split(self, side: int, how: tuple, lhs, rhs, params):
+    def _split(self, side: int, pieces: list, axis: int, lhs, rhs, params):
         """``B(concat(a_i; k), W) = Σ_i B(a_i, W[slice_i])`` for a contracted axis ``k``."""
-        _, pieces, axis = how
-        (contract, batch) = params["dimension_numbers"]
-        mine, other_axes = contract[side], contract[1 - side]
-        if axis not in mine:
-            return None
+        contract = params["dimension_numbers"][0]
         other = (lhs, rhs)[1 - side]
-        k_other = other_axes[list(mine).index(axis)]
+        k_other = contract[1 - side][list(contract[side]).index(axis)]
         total, start = None, 0
         for piece in pieces:
             size = np.shape(piece)[axis]
             part = _slice(other, start, start + size, k_other)
             start += size
             pair = (piece, part) if side == 0 else (part, piece)
-            term = self._dot(*pair, params)
+            term = self._dot(*pair, params)  # a piece may itself be a broadcast
             term = _bind_dot(*pair, params) if term is None else term
             total = term if total is None else total + term
         return total
 
-    def _hoist(self, side: int, how: tuple, lhs, rhs, params):
-        """``B(broadcast(g), W) = broadcast(B(g, W))`` when contracted and batch axes come from ``g`` unstretched."""
-        _, g, dims = how
-        (contract, batch) = params["dimension_numbers"]
-        a = (lhs, rhs)[side]
-        a_shape, g_shape = np.shape(a), np.shape(g)
-        if int(np.prod(g_shape)) >= int(np.prod(a_shape)):
-            return None
-        kept = list(contract[side]) + list(batch[side])
-        if any(d not in dims or g_shape[dims.index(d)] != a_shape[d] for d in kept):
-            return None
-        g_contract = tuple(dims.index(d) for d in contract[side])
-        g_batch = tuple(dims.index(d) for d in batch[side])
-        if side == 0:
-            dn = ((g_contract, contract[1]), (g_batch, batch[1]))
-            small = _bind_dot(g, rhs, params, dn)
-        else:
-            dn = ((contract[0], g_contract), (batch[0], g_batch))
-            small = _bind_dot(lhs, g, params, dn)
-        # the output's axes are (batch, lhs free, rhs free); ``small`` lacks the free axes the broadcast added
-        nb, free_a = len(batch[0]), [d for d in range(len(a_shape)) if d not in kept]
-        g_free = [nb + free_a.index(d) for d in dims if d in free_a]  # g's free axes among a's, in order
-        o_free = np.ndim((lhs, rhs)[1 - side]) - len(contract[1 - side]) - len(batch[1 - side])
-        if side == 0:
-            out_dims = list(range(nb)) + g_free + list(range(nb + len(free_a), nb + len(free_a) + o_free))
-        else:
-            out_dims = list(range(nb + o_free)) + [d + o_free for d in g_free]
-        shape = _out_shape(np.shape(lhs), np.shape(rhs), params["dimension_numbers"])
-        return lax.broadcast_in_dim(small, shape, tuple(out_dims))
+
+def _hoist(side: int, g, dims: tuple, lhs, rhs, params):
+    """``B(broadcast(g), W) = broadcast(B(g, W))`` (contracted and batch axes come from ``g`` unstretched)."""
+    (contract, batch) = params["dimension_numbers"]
+    a_shape = np.shape((lhs, rhs)[side])
+    kept = list(contract[side]) + list(batch[side])
+    g_contract = tuple(dims.index(d) for d in contract[side])
+    g_batch = tuple(dims.index(d) for d in batch[side])
+    if side == 0:
+        small = _bind_dot(g, rhs, params, ((g_contract, contract[1]), (g_batch, batch[1])))
+    else:
+        small = _bind_dot(lhs, g, params, ((contract[0], g_contract), (batch[0], g_batch)))
+    # the output's axes are (batch, lhs free, rhs free); ``small`` lacks the free axes the broadcast added
+    nb, free_a = len(batch[0]), [d for d in range(len(a_shape)) if d not in kept]
+    g_free = [nb + free_a.index(d) for d in dims if d in free_a]  # g's free axes among a's, in order
+    o_free = np.ndim((lhs, rhs)[1 - side]) - len(contract[1 - side]) - len(batch[1 - side])
+    if side == 0:
+        out_dims = list(range(nb)) + g_free + list(range(nb + len(free_a), nb + len(free_a) + o_free))
+    else:
+        out_dims = list(range(nb + o_free)) + [d + o_free for d in g_free]
+    shape = _out_shape(np.shape(lhs), np.shape(rhs), params["dimension_numbers"])
+    return lax.broadcast_in_dim(small, shape, tuple(out_dims))
 
 
-def _source(eqn):
+def _user_context(eqn):
     """The context that gives equations traced inside it ``eqn``'s source location (JAX internals; a no-op
     where they differ)."""
     try:
