@@ -99,8 +99,20 @@ def _select_slots(c, index: np.ndarray, var: Var):
     """``out[r, e] = c[index[r, e], e]`` (0 where ``index = k``) as a chain of selects against the constant
     index: elementwise, so XLA fuses it into its consumers (its gather is several times slower on CPU)."""
     k = c.shape[0]
+    index = _smallest(index)
     idx = jnp.asarray(index.astype(np.int8 if k < 127 else np.int32))
     out = jnp.zeros((), c.dtype)
     for j in range(k):
         out = jnp.where(idx == j, c[j], out)
     return jnp.broadcast_to(out, (index.shape[0],) + var.shape)
+
+
+def _smallest(index: np.ndarray) -> np.ndarray:
+    """``index`` with every point axis along which it is constant kept at size 1 (it broadcasts back): a
+    per-particle pattern over ``(n, features)`` needs an ``(R, n, 1)`` constant, not ``(R, n, features)``."""
+    for axis in range(1, index.ndim):
+        if index.shape[axis] > 1:
+            first = np.take(index, [0], axis=axis)
+            if (index == first).all():
+                index = first
+    return index

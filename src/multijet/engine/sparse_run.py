@@ -14,7 +14,7 @@ import numpy as np
 
 from .context import Context
 from .program import Equation, Var
-from .sparsity import SparsePlan, pointwise, row_slogdet, summed
+from .sparsity import SparsePlan, Split, pointwise, row_slogdet, summed
 
 __all__ = ["SparseRun"]
 
@@ -115,6 +115,9 @@ class SparseRun:
         ctx = self.ctx
         if summed(eqn):
             return self._summed(eqn, ins)
+        split = self.plan.splits.get(eqn)
+        if split is not None:
+            return self._split(eqn, ins, split)
         if not (ctx.collapsed and row_slogdet(eqn, ctx.order)):
             return None
         avar = eqn.ins[0]
@@ -133,6 +136,48 @@ class SparseRun:
         mixed = layout.sum_last(self._slot_context(rows).wsum(ell * ell))
         l2 = -mixed if a2 is None else impl.trace(y0, a2)[0] - mixed
         return [[sign, None, None], [l0, l1, l2]]
+
+    def _split(self, eqn: Equation, ins: list[list], split: Split) -> list[list] | None:
+        """A contraction whose terms each keep one set per element (:class:`~.sparsity.Split`), collapsed order
+        2 or order 1: ``z_1 = B(a_1, b_0) + B(a_0, b_1)``, each term on its operand's slots and expanded to the
+        R directions after the contraction; ``S_2(z) = B(S_2 a, b_0) + B(a_0, S_2 b) + 2 Σ_r w_r B(a_{1,r},
+        b_{1,r})``, the mixed sum taken slot by slot where the pairs share a block (zero elsewhere)."""
+        ctx, layout, out = self.ctx, self.ctx.layout, eqn.outs[0]
+        K = ctx.order
+        if not ((ctx.collapsed and K == 2) or K == 1):
+            return None
+
+        def mul(p, q):
+            return eqn.impl.fn(p, q)[0]
+
+        a, b = ins
+        z1 = None
+        for side, (mine, other) in enumerate(((a, b), (b, a))):
+            if mine[1] is None:
+                continue
+            pattern = split.sides[side]
+            term = mul(mine[1], other[0]) if side == 0 else mul(other[0], mine[1])
+            term = layout.expand(layout.resize_slots(term, self.plan.slots(pattern), out),
+                                 self.plan.expand_index(pattern), out)  # fmt: skip
+            z1 = term if z1 is None else z1 + term
+        z = [mul(a[0], b[0]), z1]
+        if K == 2:
+            top = None
+            if a[2] is not None:
+                top = mul(a[2], b[0])
+            if b[2] is not None:
+                t = mul(a[0], b[2])
+                top = t if top is None else top + t
+            if a[1] is not None and b[1] is not None and split.mixed is not None and split.mixed.any():
+                k = max(self.plan.slots(v) for v in eqn.ins)
+                a1, b1 = (layout.resize_slots(c, k, v) for c, v in zip((a[1], b[1]), eqn.ins, strict=True))
+                if ctx.weights is not None:  # w of each slot's direction, on a's elements (a pair shares it)
+                    a1 = a1 * layout.gather_weights(ctx.weights, self.plan.weight_index(self.plan.patterns[eqn.ins[0]]))
+                mask = layout.per_direction_const(split.mixed[None].astype(np.float64), out)
+                mixed = 2 * layout.direction_sum(mul(a1, b1) * mask)
+                top = mixed if top is None else top + mixed
+            z.append(top)
+        return [z]
 
     def _summed(self, eqn: Equation, ins: list[list]) -> list[list] | None:
         """``Σ`` over point axes of a compressed operand into a dense output: one scatter-add of the slots into

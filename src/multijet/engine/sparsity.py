@@ -36,7 +36,7 @@ from .program import Equation, Program, Var
 
 __all__ = [
     "NONE", "DENSE", "BlockSets", "SparsePlan", "sparse_plan", "analyse", "unite", "pointwise", "summed",
-    "row_blocks", "BLOCK_CANDIDATES", "MAX_SET",
+    "row_blocks", "BLOCK_CANDIDATES", "MAX_SET", "Split", "contraction",
 ]  # fmt: skip
 
 NONE, DENSE = -1, -2
@@ -135,6 +135,19 @@ class _Why:
 
 
 @dataclass
+class Split:
+    """A contraction ``z = B(a, b)`` whose output mixes blocks while each of its terms keeps one set per element:
+    ``B(a_1, b_0)`` lies in ``sides[0]``'s sets and ``B(a_0, b_1)`` in ``sides[1]``'s (None: that operand
+    carries no direction), so each term runs on slots and is expanded after the contraction. ``mixed`` marks
+    the output elements whose contributing pairs share their (single) block: there ``Σ_r B(a_{1,r}, b_{1,r})``
+    is the slot-wise ``Σ_s B(a_{1,s}, b_{1,s})``, elsewhere it is zero (None: only one operand has directions).
+    """
+
+    sides: tuple
+    mixed: np.ndarray | None
+
+
+@dataclass
 class SparsePlan:
     """The direction-sparsity annotation of one (inlined) program for blocks of ``b`` of ``R`` directions."""
 
@@ -145,6 +158,7 @@ class SparsePlan:
     sets: BlockSets
     compressed: set = field(default_factory=set)  # values stored with slots
     dropped: list[_Why] = field(default_factory=list)
+    splits: dict = field(default_factory=dict)  # Equation -> Split: contractions run term by term on slots
     cost: float = 0.0  # per-direction array elements propagated (gathers included)
     dense_cost: float = 0.0
 
@@ -260,13 +274,16 @@ def _work(eqn: Equation) -> float:
     return 1.0
 
 
-def analyse(program: Program, in_pattern: np.ndarray, probe: Probe, concrete: Callable[[Any], Any], sets: BlockSets):
+def analyse(program: Program, in_pattern: np.ndarray, probe: Probe, concrete: Callable[[Any], Any], sets: BlockSets,
+            splits: dict | None = None):  # fmt: skip
     """The pattern of every value of ``program`` (calls inlined), its input having ``in_pattern``.
 
     ``probe(fn, arrays, lead)`` evaluates a kind's native callable eagerly on NumPy arrays (``lead[i]``:
     array ``i`` has a leading probe axis) and returns NumPy arrays; ``concrete(value)`` is a constant's
     value as a NumPy array, or None when it is not known (a traced parameter); ``sets`` holds the sets of
-    blocks (it grows). Returns the patterns and, by equation index, why an equation's output went dense."""
+    blocks (it grows). Returns the patterns and, by equation index, why an equation's output went dense;
+    ``splits`` (optional) receives, by equation index, the :class:`Split` of contractions whose output went
+    dense but whose terms did not."""
     (xvar,) = program.invars
     pats: dict[Var, np.ndarray] = {xvar: np.asarray(in_pattern, dtype=np.int64)}
     known = _Known(program, probe, concrete)
@@ -288,6 +305,10 @@ def analyse(program: Program, in_pattern: np.ndarray, probe: Probe, concrete: Ca
                 outs = [np.full(v.shape, DENSE, dtype=np.int64) for v in eqn.outs]
             if reason:
                 why[i] = reason
+            if splits is not None and contraction(eqn) and (outs[0] == DENSE).any():
+                split = _split(eqn, ins, probe, sets)
+                if split is not None:
+                    splits[i] = split
         for v, p in zip(eqn.outs, outs, strict=True):
             pats[v] = np.broadcast_to(p, v.shape) if v.inexact else np.full(v.shape, NONE, dtype=np.int64)
     return pats, why
@@ -376,17 +397,62 @@ def _transfer(eqn: Equation, ins: list[np.ndarray], known: _Known, probe: Probe,
         return _checked([_from_stats(np.broadcast_to(r, (4,) + v.shape)) for r, v in zip(res, outs, strict=True)], "")
     if kind == "bilinear":  # a contraction: B(p, 1) + B(1, q) has the support of B(a, b)
         total = 0.0
-        for side in (0, 1):
-            if (ins[side] == NONE).all():
-                continue
-            ones = np.ones(eqn.ins[1 - side].shape)
-            args = [_stats(ins[0]), ones] if side == 0 else [ones, _stats(ins[1])]
-            (r,) = probe(impl.fn, args, [side == 0, side == 1])
-            total = total + np.broadcast_to(np.asarray(r, dtype=np.float64), (4,) + shape)
+        for r in _side_stats(eqn, ins, probe):
+            if r is not None:
+                total = total + r
         return _checked([_from_stats(total)], "")
     names = {"linalg": "linear algebra", "generic": "the generic rule", "scan": "a loop", "while": "a loop",
              "cond": "a branch", "call": "a call"}  # fmt: skip
     return None, f"{names.get(kind, kind)} mixes its operand's elements"
+
+
+def _side_stats(eqn: Equation, ins: list[np.ndarray], probe: Probe) -> list[np.ndarray | None]:
+    """The probes of ``B(p, 1)`` and ``B(1, q)`` of a contraction (None: that operand has no direction)."""
+    shape = eqn.outs[0].shape
+    out: list[np.ndarray | None] = []
+    for side in (0, 1):
+        if (ins[side] == NONE).all():
+            out.append(None)
+            continue
+        ones = np.ones(eqn.ins[1 - side].shape)
+        args = [_stats(ins[0]), ones] if side == 0 else [ones, _stats(ins[1])]
+        (r,) = probe(eqn.impl.fn, args, [side == 0, side == 1])
+        out.append(np.broadcast_to(np.asarray(r, dtype=np.float64), (4,) + shape))
+    return out
+
+
+def contraction(eqn: Equation) -> bool:
+    """A bilinear primitive that sums over pairs of elements (not an elementwise product)."""
+    return eqn.kind == "bilinear" and not eqn.impl.broadcasting and len(eqn.ins) == 2
+
+
+def _split(eqn: Equation, ins: list[np.ndarray], probe: Probe, sets: BlockSets) -> Split | None:
+    """The :class:`Split` of a contraction whose output went dense, or None when a term mixes blocks itself
+    or (both operands carrying directions) an output element sums pairs of which some share a block and
+    some do not. Operands of single blocks only (sets of several could overlap without being equal); the
+    pairs are then compared by one probe per block, ``M = Σ_β B([p = β], [q = β])`` against the count
+    ``C = B([p ≥ 0], [q ≥ 0])`` of pairs that both carry a direction (with single-set terms this holds; the
+    probe makes sure)."""
+    sides = []
+    for r in _side_stats(eqn, ins, probe):
+        p = None if r is None else _from_stats(r)
+        if p is not None and (p == DENSE).any():
+            return None
+        sides.append(p)
+    if sides[0] is None or sides[1] is None:
+        return Split(tuple(sides), None)
+    p, q = ins
+    if (p >= sets.B).any() or (q >= sets.B).any():
+        return None  # unions of blocks: sets could overlap without being equal
+    blocks = np.arange(sets.B).reshape((-1,) + (1,) * p.ndim)
+    (match,) = probe(eqn.impl.fn, [(p == blocks).astype(np.float64), (q == blocks.reshape((-1,) + (1,) * q.ndim))
+                                   .astype(np.float64)], [True, True])  # fmt: skip
+    (count,) = probe(eqn.impl.fn, [(p >= 0).astype(np.float64), (q >= 0).astype(np.float64)], [False, False])
+    match = np.sum(np.asarray(match, dtype=np.float64), axis=0)
+    count = np.asarray(count, dtype=np.float64)
+    if not np.all((np.abs(match - count) < 0.5) | (match < 0.5)):
+        return None
+    return Split(tuple(sides), np.broadcast_to(match > 0.5, eqn.outs[0].shape))
 
 
 def _checked(outs: list[np.ndarray], reason: str):
@@ -426,14 +492,28 @@ def sparse_plan(program: Program, R: int, probe: Probe, concrete: Callable, orde
         if b >= R or R % b or xvar.shape != (R,):
             continue
         sets = BlockSets(R // b, cap=max(1, min(cap, R // (2 * b))))
-        pats, why = analyse(program, np.arange(R) // b, probe, concrete, sets)
-        plan = _choose(program, pats, why, sets, b, R, order)
+        splits: dict = {}
+        pats, why = analyse(program, np.arange(R) // b, probe, concrete, sets, splits)
+        plan = _choose(program, pats, why, sets, b, R, order, splits)
         if best is None or plan.cost < best.cost:
             best = plan
     if best is not None and not best.cost < PAYS * best.dense_cost:
         best = None
     cache[key] = best
     return best
+
+
+def _split_cost(plan: SparsePlan, split: Split, eqn: Equation, ins: list, size: float, per_dir: int) -> float:
+    """A split contraction: each term at its operand's slots, the mixed term at the slots, and each term's
+    expansion to the ``R`` directions of the output."""
+    out = _size(eqn.outs[0])
+    cost = 0.0
+    for v, side in zip(eqn.ins, split.sides, strict=True):
+        if side is not None:
+            cost += plan.slots(v) * size + GATHER_COST * plan.R * out * per_dir
+    if split.mixed is not None:
+        cost += max(plan.slots(v) for v in ins) * size
+    return cost
 
 
 def _candidates(program: Program, R: int, candidates: tuple[int, ...]) -> tuple[int, ...]:
@@ -457,9 +537,13 @@ def _candidates(program: Program, R: int, candidates: tuple[int, ...]) -> tuple[
     return tuple(found)
 
 
-def _choose(program: Program, pats: dict, why: dict, sets: BlockSets, b: int, R: int, order: int) -> SparsePlan:
+def _choose(
+    program: Program, pats: dict, why: dict, sets: BlockSets, b: int, R: int, order: int, splits: dict | None = None
+) -> SparsePlan:
     """Compress every value whose pattern has no ``DENSE`` element and whose equation's operands are
-    compressed (or carry no direction); count the cost in per-direction array elements."""
+    compressed (or carry no direction); split a contraction into terms on slots where that costs less than
+    expanding its compressed operands; count the cost in per-direction array elements."""
+    splits = splits or {}
     plan = SparsePlan(program, b, R, pats, sets)
     (xvar,) = program.invars
     plan.compressed.add(xvar)
@@ -491,6 +575,16 @@ def _choose(program: Program, pats: dict, why: dict, sets: BlockSets, b: int, R:
                     if plan.slots(v) != k_out or not ((p_in == p_out) | (p_in == NONE)).all():
                         cost += GATHER_COST * k_out * _size(outs[0]) * per_dir
             continue
+        split = splits.get(i)
+        if split is not None and order <= 2 and all(v in plan.compressed for v in ins):
+            fresh = [v for v in ins if v not in expanded]
+            kept = _split_cost(plan, split, eqn, ins, size, per_dir)
+            if kept < R * size + GATHER_COST * R * per_dir * sum(_size(v) for v in fresh):
+                plan.splits[eqn] = split
+                cost += kept
+                plan.dropped.append(_Why(eqn, (why.get(i) or "an operand is dense") + " (split: each term on slots, "
+                                         "expanded after the contraction)"))  # fmt: skip
+                continue
         cost += R * size
         if row_slogdet(eqn, order) and plan.row_blocks(eqn.ins[0]) is not None:
             cost += (GATHER_COST + 1) * b * _size(eqn.ins[0]) // max(eqn.ins[0].shape[-1], 1) * per_dir  # per row

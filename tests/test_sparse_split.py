@@ -1,0 +1,198 @@
+"""Split contractions: ``B(a, b)`` whose output mixes particles while each term keeps one particle per element
+(attention scores ``q_i · k_j``) runs term by term on slots and is expanded after the contraction; checked
+against dense propagation and nested AD on JAX, torch and NumPy, and the annotation against a dense
+evaluation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import multijet as mj
+from multijet import engine
+from multijet.backends import numpy as mjnp
+from multijet.backends.numpy_tracer import capture
+from multijet.engine import sparsity
+from multijet.engine.inline import inline_calls
+
+
+def _weights(n, d, hidden, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s) / np.sqrt(s[0]) for s in [(d, hidden), (hidden, hidden), (hidden, hidden),
+                                                                (hidden, hidden), (hidden, 1)]]  # fmt: skip
+
+
+def jax_attention(n, d=3, hidden=6, einsum=True, seed=0):
+    """Self-attention over particles: scores ``q_i · k_j`` (einsum or ``q @ k.T``), softmax, values."""
+    import jax
+    import jax.numpy as jnp
+
+    W0, Wq, Wk, Wv, Wo = _weights(n, d, hidden, seed)
+
+    def f(x):
+        r = x.reshape(n, d)
+        h = jnp.tanh(r @ W0)
+        q, k, v = h @ Wq, h @ Wk, h @ Wv
+        s = jnp.einsum("ia,ja->ij", q, k) if einsum else q @ k.T
+        a = jax.nn.softmax(s, axis=-1)
+        return jnp.sum(jnp.tanh(a @ v) @ Wo) + jnp.sum(r * r)
+
+    return f
+
+
+@pytest.fixture(autouse=True)
+def _sparsity_always_pays(monkeypatch):
+    """Small programs (fast tests): sparsity kept even where the cost model finds dense as cheap."""
+    monkeypatch.setattr(sparsity, "PAYS", 10.0)
+
+
+def _close(a, b, tol=1e-10):
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape
+    assert np.max(np.abs(a - b)) <= tol * max(1.0, np.max(np.abs(b))), (a, b)
+
+
+@pytest.mark.parametrize("einsum", [True, False])
+def test_jax_split_scores_equal_dense_and_nested(einsum):
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    n = 5
+    f = jax_attention(n, einsum=einsum)
+    X = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3 * n)))
+    sparse = mj.compile(mj.Laplacian(), f, X)
+    got = sparse(X)
+    _close(got, jax.vmap(lambda x: jnp.trace(jax.hessian(f)(x)))(X))
+    _close(got, mj.laplacian(f, X, backend="jax", sparsity=False))
+    assert "(split: each term on slots" in sparse.schedule, sparse.schedule
+
+    v, g, lap = mj.laplacian(f, X, backend="jax", return_grad=True)
+    _close(g, jax.vmap(jax.grad(f))(X))
+    _close(lap, got)
+
+    masses = np.array([1.0, 2.0, 0.5, 3.0, 1.5])  # C = diag(1/m) per particle: weights inside the mixed term
+    w = np.repeat(1.0 / masses, 3)
+    hess, grad = jax.vmap(jax.hessian(f))(X), jax.vmap(jax.grad(f))(X)
+    expect = -0.5 * (jnp.einsum("nii,i->n", hess, w) + jnp.einsum("ni,ni,i->n", grad, grad, w))
+    _close(mj.local_kinetic_energy(f, X, masses, backend="jax"), expect)
+    _close(mj.weighted_laplacian(f, X, np.diag(w), backend="jax"), jnp.einsum("nii,i->n", hess, w))
+
+
+def test_jax_split_refused_where_a_term_mixes_particles():
+    """``out_i = Σ_a q_{i,a} m_{i,a}`` with ``m_i = (k_i[:2], k_{i+1}[2:])`` (a gather by constant indices): the
+    term ``B(q_0, m_1)`` sums two particles into one element, so the contraction is not split (stays dense)."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    n, hidden = 4, 3
+    W0, Wq, Wk, _, _ = _weights(n, 3, hidden, seed=2)
+    rows = np.arange(n)[:, None] + (np.arange(hidden) >= 2)[None, :]
+    perm = jnp.asarray((rows % n) * hidden + np.arange(hidden)[None, :]).reshape(-1)
+
+    def f(x):
+        r = x.reshape(n, 3)
+        h = jnp.tanh(r @ W0)
+        q, k = h @ Wq, h @ Wk
+        m = k.reshape(-1)[perm].reshape(n, hidden)  # a gather by constant indices: one particle per element
+        return jnp.sum(jnp.sin(jnp.einsum("ia,ia->i", q, m)))
+
+    X = jnp.asarray(np.random.default_rng(4).standard_normal((2, 3 * n)))
+    sparse = mj.compile(mj.Laplacian(), f, X)
+    _close(sparse(X), jax.vmap(lambda x: jnp.trace(jax.hessian(f)(x)))(X))
+    assert "(split" not in sparse.schedule, sparse.schedule
+
+
+def test_torch_split_scores_equal_dense_and_nested():
+    torch = pytest.importorskip("torch")
+    n, d = 5, 3
+    W0, Wq, Wk, Wv, Wo = (torch.as_tensor(w) for w in _weights(n, d, 6, seed=1))
+
+    def f(x):
+        r = x.reshape(n, d)
+        h = torch.tanh(r @ W0)
+        q, k, v = h @ Wq, h @ Wk, h @ Wv
+        a = torch.softmax(q @ k.T, dim=-1)
+        return (torch.tanh(a @ v) @ Wo).sum() + (r * r).sum()
+
+    X = torch.as_tensor(np.random.default_rng(2).standard_normal((3, 3 * n)))
+    sparse = mj.compile(mj.Laplacian(), f, X)
+    nested = torch.stack([torch.func.hessian(f)(x).trace() for x in X])
+    _close(sparse(X).detach(), nested.detach())
+    _close(mj.laplacian(f, X, sparsity=False).detach(), nested.detach())
+    assert "(split: each term on slots" in sparse.schedule, sparse.schedule
+    masses = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.5], dtype=torch.float64)
+    w = (1.0 / masses).repeat_interleave(3)
+    hess = torch.stack([torch.func.hessian(f)(x) for x in X])
+    grad = torch.stack([torch.func.grad(f)(x) for x in X])
+    expect = -0.5 * (torch.einsum("nii,i->n", hess, w) + torch.einsum("ni,ni,i->n", grad, grad, w))
+    _close(mj.local_kinetic_energy(f, X, masses).detach(), expect.detach())
+
+
+def _numpy_attention(n, d, hidden, seed=3):
+    W0, Wq, Wk, Wv, Wo = _weights(n, d, hidden, seed)
+
+    def f(x):
+        r = np.reshape(x, (n, d))
+        h = np.tanh(r @ W0)
+        q, k, v = h @ Wq, h @ Wk, h @ Wv
+        s = q @ k.T
+        e = np.exp(s - np.max(s, axis=-1, keepdims=True))
+        a = e / np.sum(e, axis=-1, keepdims=True)
+        return np.sum(np.tanh(a @ v) @ Wo)
+
+    return f
+
+
+def test_numpy_split_equals_dense_and_finite_differences():
+    n = 4
+    f = _numpy_attention(n, 3, 5)
+    X = np.random.default_rng(5).standard_normal((2, 3 * n))
+    sparse = mj.laplacian(f, X, backend="numpy")
+    _close(sparse, mj.laplacian(f, X, backend="numpy", sparsity=False))
+    h = 1e-4
+    for x, lap in zip(X, sparse, strict=True):
+        fd = sum((f(x + h * e) - 2 * f(x) + f(x - h * e)) / h**2 for e in np.eye(x.size))
+        assert abs(fd - lap) < 1e-5 * max(1.0, abs(lap))
+
+
+@pytest.mark.parametrize("b", [2, 3])
+def test_split_annotation_matches_a_dense_evaluation(b):
+    """For each split contraction: ``B(a_1, b_0)`` and ``B(a_0, b_1)`` (dense, all directions) are zero
+    outside their side's sets, and ``Σ_r B(a_{1,r}, b_{1,r})`` is zero outside the mixed mask and equals the
+    sum over the shared block's directions inside it."""
+    n, d = 8 // b, b
+    f = _numpy_attention(n, d, 4)
+    D = n * d
+    X = np.random.default_rng(6).standard_normal((2, D))
+    program = inline_calls(capture(f, X[:, None, :], X.dtype))
+    layout = mjnp.Layout(2, D)
+    sets = sparsity.BlockSets(D // b, cap=2)
+    splits: dict = {}
+    pats, _ = sparsity.analyse(program, np.arange(D) // b, layout.probe, layout.concrete, sets, splits)
+    assert splits, "the scores q @ k.T split"
+    values = [v for e in program.eqns for v in e.ins + e.outs if v.inexact and v not in program.consts]
+    full = engine.Program(program.invars, list(dict.fromkeys(values)), program.eqns, program.consts)
+    ctx = engine.Context(2, True, D, layout, lambda a: np.sum(a, axis=1, keepdims=True), backend="numpy")
+    jets = dict(zip(full.outvars, engine.propagate(ctx, full, [[X[:, None, :], layout.eye(program.invars[0]), None]]),
+                    strict=True))  # fmt: skip
+    blocks = np.arange(D) // b
+    for i, split in splits.items():
+        eqn = program.eqns[i]
+        (a, bb), out = eqn.ins, eqn.outs[0]
+        ja, jb = jets[a], jets[bb]
+
+        def mul(p, q, eqn=eqn):
+            return eqn.impl.fn(p, q)[0]
+
+        terms = [mul(ja[1], jb[0]), mul(ja[0], jb[1])]
+        for term, side in zip(terms, split.sides, strict=True):
+            term = np.broadcast_to(term, (2, D) + out.shape)
+            for e in np.ndindex(*out.shape):
+                allowed = np.isin(blocks, sets.sets[side[e]]) if side[e] >= 0 else np.zeros(D, bool)
+                assert not term[(slice(None), ~allowed) + e].any(), (e, side[e])
+        both = np.broadcast_to(mul(ja[1], jb[1]), (2, D) + out.shape)
+        assert split.mixed is not None and split.mixed.any() and not split.mixed.all()
+        assert not both[(slice(None), slice(None)) + (~split.mixed).nonzero()].any()
+        assert np.abs(both.sum(axis=1)[:, split.mixed]).max() > 0
