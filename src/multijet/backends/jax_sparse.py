@@ -88,8 +88,8 @@ class SparseOps:
     def expand(c, index: np.ndarray, var: Var):
         """``out[r, e] = c[index[r, e], e]`` with ``index = b`` a zero: the compressed slots at their directions."""
         k = c.shape[0]
-        if k <= SELECT_SLOTS:
-            return _select_slots(c, index, var)
+        if k <= SELECT_SLOTS:  # computed once: XLA would otherwise fuse the selects into every consumer
+            return jax.lax.optimization_barrier(_select_slots(c, index, var))
         c = jnp.broadcast_to(c, (k,) + var.shape)
         padded = jnp.concatenate([c, jnp.zeros((1,) + var.shape, c.dtype)], axis=0)
         return jnp.take_along_axis(padded, jnp.asarray(index), axis=0)
