@@ -65,7 +65,7 @@ def test_jax_split_scores_equal_dense_and_nested(einsum):
     got = sparse(X)
     _close(got, jax.vmap(lambda x: jnp.trace(jax.hessian(f)(x)))(X))
     _close(got, mj.laplacian(f, X, backend="jax", sparsity=False))
-    assert "(split: each term on slots" in sparse.schedule, sparse.schedule
+    assert sparse.schedule.count("(split: each term on slots") == 2, sparse.schedule  # q·k and a @ v
 
     v, g, lap = mj.laplacian(f, X, backend="jax", return_grad=True)
     _close(g, jax.vmap(jax.grad(f))(X))
@@ -80,27 +80,26 @@ def test_jax_split_scores_equal_dense_and_nested(einsum):
 
 
 def test_jax_split_refused_where_a_term_mixes_particles():
-    """``out_i = Σ_a q_{i,a} m_{i,a}`` with ``m_i = (k_i[:2], k_{i+1}[2:])`` (a gather by constant indices): the
-    term ``B(q_0, m_1)`` sums two particles into one element, so the contraction is not split (stays dense)."""
+    """``Σ_{i,j} T_{ija} W_{ijc}`` over pair features ``T_{ij} = q_i + q_j``: the term of ``T`` sums several
+    particles into each element even with ``i`` or ``j`` left unsummed, so the contraction stays dense."""
     jax = pytest.importorskip("jax")
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
 
     n, hidden = 4, 3
-    W0, Wq, Wk, _, _ = _weights(n, 3, hidden, seed=2)
-    rows = np.arange(n)[:, None] + (np.arange(hidden) >= 2)[None, :]
-    perm = jnp.asarray((rows % n) * hidden + np.arange(hidden)[None, :]).reshape(-1)
+    W0, Wq, _, _, _ = _weights(n, 3, hidden, seed=2)
+    W = np.random.default_rng(3).standard_normal((n, n, 2))
 
     def f(x):
         r = x.reshape(n, 3)
-        h = jnp.tanh(r @ W0)
-        q, k = h @ Wq, h @ Wk
-        m = k.reshape(-1)[perm].reshape(n, hidden)  # a gather by constant indices: one particle per element
-        return jnp.sum(jnp.sin(jnp.einsum("ia,ia->i", q, m)))
+        q = jnp.tanh(r @ W0) @ Wq
+        T = q[:, None, :] + q[None, :, :]
+        return jnp.sum(jnp.sin(jnp.tensordot(T, W, axes=([0, 1], [0, 1]))))
 
     X = jnp.asarray(np.random.default_rng(4).standard_normal((2, 3 * n)))
     sparse = mj.compile(mj.Laplacian(), f, X)
     _close(sparse(X), jax.vmap(lambda x: jnp.trace(jax.hessian(f)(x)))(X))
+    assert "kept [slots]" in sparse.schedule and "[6]" in sparse.schedule, sparse.schedule  # T: pairs
     assert "(split" not in sparse.schedule, sparse.schedule
 
 
@@ -162,9 +161,11 @@ def _fd_hessian(f, x, h=1e-4):
 
 @pytest.mark.parametrize("b", [2, 3])
 def test_split_annotation_matches_a_dense_evaluation(b):
-    """For each split contraction: ``B(a_1, b_0)`` and ``B(a_0, b_1)`` (dense, all directions) are zero
-    outside their side's sets, and ``Σ_r B(a_{1,r}, b_{1,r})`` is zero outside the mixed mask and equals the
-    sum over the shared block's directions inside it."""
+    """For each split contraction of the attention (scores ``q @ k.T``: both operands compressed; ``a @ v``:
+    ``a`` dense, ``v``'s term with the particle axis unsummed), on a dense evaluation of all directions: each
+    compressed operand's term (unsummed where the split says) is zero outside its side's sets; the mixed
+    term ``Σ_r B(a_{1,r}, b_{1,r})`` is zero outside the mixed mask, or, with a dense operand, equals the
+    slot-wise sum over its partners' directions."""
     n, d = 8 // b, b
     f = _numpy_attention(n, d, 4)
     D = n * d
@@ -174,28 +175,41 @@ def test_split_annotation_matches_a_dense_evaluation(b):
     sets = sparsity.BlockSets(D // b, cap=2)
     splits: dict = {}
     pats, _ = sparsity.analyse(program, np.arange(D) // b, layout.probe, layout.concrete, sets, splits)
-    assert splits, "the scores q @ k.T split"
+    plan = sparsity.SparsePlan(program, b, D, pats, sets)
     values = [v for e in program.eqns for v in e.ins + e.outs if v.inexact and v not in program.consts]
     full = engine.Program(program.invars, list(dict.fromkeys(values)), program.eqns, program.consts)
     ctx = engine.Context(2, True, D, layout, lambda a: np.sum(a, axis=1, keepdims=True), backend="numpy")
     jets = dict(zip(full.outvars, engine.propagate(ctx, full, [[X[:, None, :], layout.eye(program.invars[0]), None]]),
                     strict=True))  # fmt: skip
     blocks = np.arange(D) // b
+    kinds_seen = set()
     for i, split in splits.items():
         eqn = program.eqns[i]
-        (a, bb), out = eqn.ins, eqn.outs[0]
-        ja, jb = jets[a], jets[bb]
-
-        def mul(p, q, eqn=eqn):
-            return eqn.impl.fn(p, q)[0]
-
-        terms = [mul(ja[1], jb[0]), mul(ja[0], jb[1])]
-        for term, side in zip(terms, split.sides, strict=True):
-            term = np.broadcast_to(term, (2, D) + out.shape)
-            for e in np.ndindex(*out.shape):
-                allowed = np.isin(blocks, sets.sets[side[e]]) if side[e] >= 0 else np.zeros(D, bool)
-                assert not term[(slice(None), ~allowed) + e].any(), (e, side[e])
-        both = np.broadcast_to(mul(ja[1], jb[1]), (2, D) + out.shape)
-        assert split.mixed is not None and split.mixed.any() and not split.mixed.all()
-        assert not both[(slice(None), slice(None)) + (~split.mixed).nonzero()].any()
-        assert np.abs(both.sum(axis=1)[:, split.mixed]).max() > 0
+        (ja, jb), out = (jets[v] for v in eqn.ins), eqn.outs[0]
+        for side, pattern in enumerate(split.sides):
+            if pattern is None:
+                continue
+            axis = split.axes[side]
+            fn = eqn.impl.fn if axis is None else eqn.impl.unsum(side, axis)
+            kinds_seen.add("unsummed" if axis is not None else "plain")
+            term = fn(ja[1], jb[0])[0] if side == 0 else fn(ja[0], jb[1])[0]
+            term = np.broadcast_to(term, (2, D) + pattern.shape)
+            if axis is not None:  # the unsummed terms add up to the term
+                _close(term.sum(axis=2), eqn.impl.fn(ja[1], jb[0])[0] if side == 0 else eqn.impl.fn(ja[0], jb[1])[0])
+            for e in np.ndindex(*pattern.shape):
+                allowed = np.isin(blocks, sets.sets[pattern[e]]) if pattern[e] >= 0 else np.zeros(D, bool)
+                assert not term[(slice(None), ~allowed) + e].any(), (e, pattern[e])
+        both = np.broadcast_to(eqn.impl.fn(ja[1], jb[1])[0], (2, D) + out.shape)
+        if split.mixed is not None:
+            kinds_seen.add("mixed")
+            assert split.mixed.any() and not split.mixed.all()
+            assert not both[(slice(None), slice(None)) + (~split.mixed).nonzero()].any()
+        if split.partners is not None:
+            kinds_seen.add("partners")
+            dense = split.dense.index(True)
+            slots = [layout.take_directions(c, plan.weight_index(p, b), v)
+                     for c, p, v in zip((ja[1], jb[1]), (pats[eqn.ins[0]], pats[eqn.ins[1]]), eqn.ins, strict=True)]
+            slots[dense] = layout.take_directions((ja[1], jb[1])[dense], plan.weight_index(split.partners, b),
+                                                  eqn.ins[dense])  # fmt: skip
+            _close(eqn.impl.fn(*slots)[0].sum(axis=1), both.sum(axis=1))
+    assert kinds_seen == {"plain", "unsummed", "mixed", "partners"}, kinds_seen

@@ -74,8 +74,21 @@ class SparseOps:
     def scatter_sum(c, flat: np.ndarray, size: int, var: Var, out_shape: tuple):
         """``out[flat[t, e]] += c[t, e]`` into ``size`` entries (index ``size``: dropped), shaped ``out_shape``."""
         c = jnp.broadcast_to(c, (c.shape[0],) + var.shape)
+        order = _block_transpose(flat, size, var.shape)
+        if order is not None:  # each particle's slots land on its own block of directions: a transpose
+            c = jnp.moveaxis(c, 0, 1)
+            if not (order == np.arange(len(order))).all():
+                c = jnp.take(c, jnp.asarray(order), axis=0)
+            return c.reshape(out_shape)
         out = jnp.zeros((size + 1,), c.dtype).at[jnp.asarray(flat.reshape(-1))].add(c.reshape(-1))
         return out[:size].reshape(out_shape)
+
+    @staticmethod
+    def take_directions(c, index: np.ndarray, var: Var):
+        """``out[s, e] = c[index[s, e], e]`` with ``index = R`` a zero: directions picked into slots."""
+        c = jnp.broadcast_to(c, (c.shape[0],) + var.shape)
+        padded = jnp.concatenate([c, jnp.zeros((1,) + var.shape, c.dtype)], axis=0)
+        return jnp.take_along_axis(padded, jnp.asarray(index), axis=0)
 
     @staticmethod
     def take_slots(c, slots: np.ndarray, k: int, var: Var):
@@ -116,3 +129,23 @@ def _smallest(index: np.ndarray) -> np.ndarray:
             if (index == first).all():
                 index = first
     return index
+
+
+def _block_transpose(flat: np.ndarray, size: int, shape: tuple) -> np.ndarray | None:
+    """For a scatter of ``(k, n, *rest)`` slots into ``R·K`` entries that puts slot ``s`` of row ``j`` at
+    direction ``block_j·k + s`` (``block`` a permutation of the rows): ``order = block⁻¹``, so that ``out =
+    c.moveaxis(0, 1)[order]`` reshaped; None for any other scatter."""
+    if not shape or flat.ndim < 2:
+        return None
+    k, n = flat.shape[0], shape[0]
+    K = int(np.prod(shape[1:], dtype=np.int64))
+    if n * k * K != size:
+        return None
+    grid = flat.reshape(k, n, K)
+    block = grid[0, :, 0] // (K * k)
+    if sorted(block.tolist()) != list(range(n)):
+        return None
+    expect = (block[None, :, None] * k + np.arange(k)[:, None, None]) * K + np.arange(K)[None, None, :]
+    if not (grid == expect).all():
+        return None
+    return np.argsort(block)

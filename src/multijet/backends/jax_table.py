@@ -102,8 +102,8 @@ def _lifted(eqn) -> Callable:
 # --- dot_general with the direction axis placed by hand ------------------------------------------------------
 
 
-def _dot_lifted(eqn) -> Callable:
-    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+def _dot_lifted(eqn, dimension_numbers=None) -> Callable:
+    (lc, rc), (lb, rb) = dimension_numbers or eqn.params["dimension_numbers"]
     extra = {k: eqn.params[k] for k in ("precision", "preferred_element_type") if k in eqn.params}
     out_dtype = eqn.outvars[0].aval.dtype
 
@@ -149,9 +149,25 @@ def _dot_identity(eqn, side: int, w):
     return jnp.moveaxis(jnp.asarray(w), contract[1][0], 0).astype(eqn.outvars[0].aval.dtype)
 
 
+def _dot_unsum(eqn, side: int, axis: int) -> Callable | None:
+    """``dot_general`` with the contracted ``axis`` of operand ``side`` (and its partner) made the first batch
+    dimension: the output gains that axis in front, unsummed."""
+    (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+    mine = tuple(lc if side == 0 else rc)
+    if axis not in mine:
+        return None
+    partner = (rc if side == 0 else lc)[mine.index(axis)]
+    pa, pb = (axis, partner) if side == 0 else (partner, axis)
+    keep = [i for i in range(len(lc)) if lc[i] != pa]
+    dn = ((tuple(lc[i] for i in keep), tuple(rc[i] for i in keep)), ((pa, *lb), (pb, *rb)))
+    return _dot_lifted(eqn, dn)
+
+
 def _dot_rule(eqn, cap):
     return kinds.Bilinear(
-        fn=_dot_lifted(eqn), identity=lambda side, w: _dot_identity(eqn, side, w)
+        fn=_dot_lifted(eqn),
+        identity=lambda side, w: _dot_identity(eqn, side, w),
+        unsum=lambda side, axis: _dot_unsum(eqn, side, axis),
     )
 
 

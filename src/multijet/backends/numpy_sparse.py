@@ -62,6 +62,11 @@ class SparseOps:
         return out[:, :size].reshape((N,) + out_shape)
 
     @staticmethod
+    def take_directions(c, index: np.ndarray, var: Var):
+        """``out[s, e] = c[index[s, e], e]`` with ``index = R`` a zero: directions picked into slots."""
+        return SparseOps.expand(c, index, var)  # the same gather along the direction axis
+
+    @staticmethod
     def take_slots(c, slots: np.ndarray, k: int, var: Var):
         """Slots ``slots`` of ``c``'s ``k`` (index ``k``: a zero slot), whole slabs, broadcast to ``var``."""
         c = np.broadcast_to(c, c.shape[:2] + var.shape)

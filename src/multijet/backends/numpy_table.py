@@ -193,7 +193,23 @@ def matmul(sa: tuple, sb: tuple) -> kinds.Bilinear:
         W = np.asarray(w)[0, 0]  # e_r @ W = W[..., r, :];  W @ e_r = W[..., r]
         return np.ascontiguousarray(np.moveaxis(W, -1 if side == 1 or W.ndim == 1 else -2, 0)[None])
 
-    return kinds.Bilinear(lambda p, q: [mm(p, q)], identity=identity)
+    def unsum(side: int, axis: int):
+        """``a @ b`` with the contracted axis (``a``'s last, ``b``'s second to last) unsummed, in front:
+        ``out[k, …, m, n] = a[…, m, k] b[…, k, n]`` (matrices on both sides only)."""
+        if len(sa) < 2 or len(sb) < 2 or axis != (len(sa) - 1 if side == 0 else len(sb) - 2):
+            return None
+        nd = max(len(sa), len(sb))
+
+        def fn(p, q):
+            xp = xp_of(p, q)
+            terms = xp.expand_dims(align(p, nd), axis=-1) * xp.expand_dims(align(q, nd), axis=-3)  # (…, m, k, n)
+            axes = list(range(terms.ndim))
+            axes.insert(2, axes.pop(-2))
+            return [xp.permute_dims(terms, tuple(axes))]
+
+        return fn
+
+    return kinds.Bilinear(lambda p, q: [mm(p, q)], identity=identity, unsum=unsum)
 
 
 # --- selections ----------------------------------------------------------------------------------------------------

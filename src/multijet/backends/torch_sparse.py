@@ -101,6 +101,10 @@ class SparseOps:
         out = E.call(torch.narrow, out, 1, 0, size)
         return Co(E, E.call(torch.reshape, out, [lead0, *out_shape]), c.b, out_shape[0], tuple(out_shape[1:]))
 
+    def take_directions(self, c: Co, index: np.ndarray, var: Var) -> Co:
+        """``out[s, e] = c[index[s, e], e]`` with ``index = R`` a zero: directions picked into slots."""
+        return self.expand(c, index, var)  # the same gather along the direction axis
+
     def take_slots(self, c: Co, slots: np.ndarray, k: int, var: Var) -> Co:
         """Slots ``slots`` of ``c``'s ``k`` (index ``k``: a zero slot), whole slabs, broadcast to ``var``."""
         E = self.E

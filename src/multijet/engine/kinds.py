@@ -89,11 +89,15 @@ class Bilinear:
     ``broadcasting`` marks an elementwise product (operands are aligned to the output's rank first).
     ``identity(side, other_0)`` (optional) returns ``B(e_r, W)`` for all ``r`` with the direction axis in
     front, when operand ``side`` is the identity seed and the other a constant ``W`` (no matmul).
+    ``unsum(side, axis)`` (optional) returns ``B`` lifted with the contracted point axis ``axis`` of operand
+    ``side`` left unsummed, in front of the output's point axes: ``B(p, q) = Σ_j unsum(side, axis)(p, q)[j]``
+    (None when ``axis`` is not contracted).
     """
 
     fn: Callable
     broadcasting: bool = False
     identity: Callable | None = None
+    unsum: Callable | None = None
     kind: str = field(default="bilinear", init=False)
 
 

@@ -138,27 +138,29 @@ class SparseRun:
         return [[sign, None, None], [l0, l1, l2]]
 
     def _split(self, eqn: Equation, ins: list[list], split: Split) -> list[list] | None:
-        """A contraction whose terms each keep one set per element (:class:`~.sparsity.Split`), collapsed order
-        2 or order 1: ``z_1 = B(a_1, b_0) + B(a_0, b_1)``, each term on its operand's slots and expanded to the
-        R directions after the contraction; ``S_2(z) = B(S_2 a, b_0) + B(a_0, S_2 b) + 2 Σ_r w_r B(a_{1,r},
-        b_{1,r})``, the mixed sum taken slot by slot where the pairs share a block (zero elsewhere)."""
-        ctx, layout, out = self.ctx, self.ctx.layout, eqn.outs[0]
+        """A contraction run term by term (:class:`~.sparsity.Split`), collapsed order 2 or order 1:
+        ``z_1 = B(a_1, b_0) + B(a_0, b_1)``, a compressed operand's term on its slots, expanded to the R
+        directions after the contraction (or, with an axis unsummed, scattered into them); ``S_2(z) = B(S_2 a,
+        b_0) + B(a_0, S_2 b) + 2 Σ_r w_r B(a_{1,r}, b_{1,r})``, the mixed sum taken slot by slot: where the pairs
+        share a block, or with a dense operand's directions taken at its partners' slots."""
+        ctx, out = self.ctx, eqn.outs[0]
         K = ctx.order
         if not ((ctx.collapsed and K == 2) or K == 1):
             return None
 
-        def mul(p, q):
-            return eqn.impl.fn(p, q)[0]
+        def mul(p, q, fn=eqn.impl.fn):
+            return fn(p, q)[0]
 
         a, b = ins
         z1 = None
         for side, (mine, other) in enumerate(((a, b), (b, a))):
             if mine[1] is None:
                 continue
-            pattern = split.sides[side]
-            term = mul(mine[1], other[0]) if side == 0 else mul(other[0], mine[1])
-            term = layout.expand(layout.resize_slots(term, self.plan.slots(pattern), out),
-                                 self.plan.expand_index(pattern), out)  # fmt: skip
+            axis, pattern = split.axes[side], split.sides[side]
+            fn = eqn.impl.fn if axis is None else eqn.impl.unsum(side, axis)
+            term = mul(mine[1], other[0], fn) if side == 0 else mul(other[0], mine[1], fn)
+            if pattern is not None:
+                term = self._directions(term, pattern, axis, out)
             z1 = term if z1 is None else z1 + term
         z = [mul(a[0], b[0]), z1]
         if K == 2:
@@ -168,16 +170,41 @@ class SparseRun:
             if b[2] is not None:
                 t = mul(a[0], b[2])
                 top = t if top is None else top + t
-            if a[1] is not None and b[1] is not None and split.mixed is not None and split.mixed.any():
-                k = max(self.plan.slots(v) for v in eqn.ins)
-                a1, b1 = (layout.resize_slots(c, k, v) for c, v in zip((a[1], b[1]), eqn.ins, strict=True))
-                if ctx.weights is not None:  # w of each slot's direction, on a's elements (a pair shares it)
-                    a1 = a1 * layout.gather_weights(ctx.weights, self.plan.weight_index(self.plan.patterns[eqn.ins[0]]))
-                mask = layout.per_direction_const(split.mixed[None].astype(np.float64), out)
-                mixed = 2 * layout.direction_sum(mul(a1, b1) * mask)
+            if a[1] is not None and b[1] is not None:
+                mixed = self._mixed(eqn, a[1], b[1], split)
                 top = mixed if top is None else top + mixed
             z.append(top)
         return [z]
+
+    def _directions(self, term, pattern: np.ndarray, axis: int | None, out: Var):
+        """A term on slots (of ``pattern``'s sets) at the R directions: expanded, or summed over the unsummed
+        axis in front by a scatter."""
+        layout, plan = self.ctx.layout, self.plan
+        var = out if axis is None else Var(pattern.shape, out.dtype)
+        term = layout.resize_slots(term, plan.slots(pattern), var)
+        if axis is None:
+            return layout.expand(term, plan.expand_index(pattern), out)
+        flat, size, shape = plan.sum_index(pattern, (0,))
+        return layout.scatter_sum(term, flat, size, var, shape)
+
+    def _mixed(self, eqn: Equation, a1, b1, split: Split):
+        """``2 Σ_r w_r B(a_{1,r}, b_{1,r})`` on slots (both operands' slots in one layout per pair)."""
+        layout, plan, ctx = self.ctx.layout, self.plan, self.ctx
+        coeffs = [a1, b1]
+        if split.partners is not None:  # the dense operand's directions at its partners' slots
+            d = split.dense.index(True)
+            coeffs[d] = layout.take_directions(coeffs[d], plan.weight_index(split.partners), eqn.ins[d])
+            patterns = [split.partners if i == d else plan.patterns[v] for i, v in enumerate(eqn.ins)]
+        else:
+            patterns = [plan.patterns[v] for v in eqn.ins]
+        k = max(plan.slots(p) for p in patterns)
+        coeffs = [layout.resize_slots(c, k, v) for c, v in zip(coeffs, eqn.ins, strict=True)]
+        if ctx.weights is not None:  # w of each slot's direction, on a's elements (a pair shares it)
+            coeffs[0] = coeffs[0] * layout.gather_weights(ctx.weights, plan.weight_index(patterns[0], k))
+        product = eqn.impl.fn(coeffs[0], coeffs[1])[0]
+        if split.mixed is not None:
+            product = product * layout.per_direction_const(split.mixed[None].astype(np.float64), eqn.outs[0])
+        return 2 * layout.direction_sum(product)
 
     def _summed(self, eqn: Equation, ins: list[list]) -> list[list] | None:
         """``Σ`` over point axes of a compressed operand into a dense output: one scatter-add of the slots into

@@ -36,7 +36,7 @@ from .program import Equation, Program, Var
 
 __all__ = [
     "NONE", "DENSE", "BlockSets", "SparsePlan", "sparse_plan", "analyse", "unite", "pointwise", "summed",
-    "row_blocks", "BLOCK_CANDIDATES", "MAX_SET", "Split", "contraction",
+    "row_blocks", "BLOCK_CANDIDATES", "MAX_SET", "Split", "contraction", "PARTNER_PROBE",
 ]  # fmt: skip
 
 NONE, DENSE = -1, -2
@@ -136,15 +136,26 @@ class _Why:
 
 @dataclass
 class Split:
-    """A contraction ``z = B(a, b)`` whose output mixes blocks while each of its terms keeps one set per element:
-    ``B(a_1, b_0)`` lies in ``sides[0]``'s sets and ``B(a_0, b_1)`` in ``sides[1]``'s (None: that operand
-    carries no direction), so each term runs on slots and is expanded after the contraction. ``mixed`` marks
-    the output elements whose contributing pairs share their (single) block: there ``Σ_r B(a_{1,r}, b_{1,r})``
-    is the slot-wise ``Σ_s B(a_{1,s}, b_{1,s})``, elsewhere it is zero (None: only one operand has directions).
+    """A contraction ``z = B(a, b)`` whose output mixes blocks while each of its terms keeps one set per element,
+    run term by term: ``B(a_1, b_0)`` lies in ``sides[0]``'s sets and ``B(a_0, b_1)`` in ``sides[1]``'s (None:
+    that operand carries no direction, or all R of them, ``dense[side]``); with ``axes[side]`` set, the term is
+    taken with that contracted axis of its operand unsummed (``Bilinear.unsum``, pattern over ``(n, *out)``)
+    and summed into the directions by a scatter. The mixed term ``Σ_r B(a_{1,r}, b_{1,r})`` is slot-wise:
+    where ``mixed`` (both operands compressed) marks output elements whose pairs share their block (zero
+    elsewhere), or with ``partners`` (one operand dense), the set of each dense element's partners, whose
+    directions are taken from it.
     """
 
     sides: tuple
-    mixed: np.ndarray | None
+    mixed: np.ndarray | None = None
+    axes: tuple = (None, None)
+    dense: tuple = (False, False)
+    partners: np.ndarray | None = None
+
+    def terms(self) -> int:
+        """Per-direction products of the dense Leibniz rule: one per operand with directions, and the mixed."""
+        n = sum(1 for s, d in zip(self.sides, self.dense, strict=True) if s is not None or d)
+        return n + (n == 2)
 
 
 @dataclass
@@ -180,10 +191,11 @@ class SparsePlan:
         j = np.argmax(hit, axis=1)
         return np.where(hit.any(axis=1), j * self.b + r[:, 0] % self.b, k)
 
-    def weight_index(self, p: Var | np.ndarray) -> np.ndarray:
-        """``(slots, *shape)``: the direction of each slot (``R``, a zero weight, past the element's set)."""
+    def weight_index(self, p: Var | np.ndarray, slots: int | None = None) -> np.ndarray:
+        """``(slots, *shape)``: the direction of each slot (``R``, a zero weight, past the element's set); the
+        pattern's own slot count unless ``slots`` (a multiple of ``b``) is given."""
         p = self.patterns[p] if isinstance(p, Var) else p
-        k = self.slots(p)
+        k = self.slots(p) if slots is None else slots
         members = np.repeat(self.sets.members(p, k // self.b), self.b, axis=0)  # (k, *shape)
         s = (np.arange(k) % self.b).reshape((k,) + (1,) * p.ndim)
         return np.where(members >= 0, members * self.b + s, self.R)
@@ -427,23 +439,37 @@ def contraction(eqn: Equation) -> bool:
 
 
 def _split(eqn: Equation, ins: list[np.ndarray], probe: Probe, sets: BlockSets) -> Split | None:
-    """The :class:`Split` of a contraction whose output went dense, or None when a term mixes blocks itself
-    or (both operands carrying directions) an output element sums pairs of which some share a block and
-    some do not. Operands of single blocks only (sets of several could overlap without being equal); the
-    pairs are then compared by one probe per block, ``M = Σ_β B([p = β], [q = β])`` against the count
-    ``C = B([p ≥ 0], [q ≥ 0])`` of pairs that both carry a direction (with single-set terms this holds; the
-    probe makes sure)."""
-    sides = []
-    for r in _side_stats(eqn, ins, probe):
-        p = None if r is None else _from_stats(r)
-        if p is not None and (p == DENSE).any():
-            return None
-        sides.append(p)
-    if sides[0] is None or sides[1] is None:
-        return Split(tuple(sides), None)
+    """The :class:`Split` of a contraction whose output went dense, or None when a compressed operand's term
+    mixes blocks (also with each contracted axis unsummed), when both operands are dense, or when the mixed
+    term has no slot-wise form: both compressed, operands of single blocks only (sets of several could
+    overlap without being equal) whose pairs are compared by one probe per block, ``M = Σ_β B([p = β],
+    [q = β])`` against the count ``C = B([p ≥ 0], [q ≥ 0])`` of pairs both carrying a direction (all or none
+    per output element); one dense, the set of each dense element's partners must be single."""
+    has = [not (p == NONE).all() for p in ins]
+    dense = tuple(h and bool((p == DENSE).any()) for h, p in zip(has, ins, strict=True))
+    if all(dense) or not any(h and not d for h, d in zip(has, dense, strict=True)):
+        return None
+    sides: list = [None, None]
+    axes: list = [None, None]
+    for side, r in enumerate(_side_stats(eqn, ins, probe)):
+        if r is None or dense[side]:
+            continue
+        p = _from_stats(r)
+        if (p == DENSE).any():
+            p, axes[side] = _unsummed(eqn, ins, side, probe)
+            if p is None:
+                return None
+        sides[side] = p
+    split = Split(tuple(sides), axes=tuple(axes), dense=dense)
+    if not all(has):
+        return split
+    if any(dense):
+        d = dense.index(True)
+        split.partners = _partners(eqn, ins, d, probe)
+        return None if split.partners is None else split
     p, q = ins
     if (p >= sets.B).any() or (q >= sets.B).any():
-        return None  # unions of blocks: sets could overlap without being equal
+        return None
     blocks = np.arange(sets.B).reshape((-1,) + (1,) * p.ndim)
     (match,) = probe(eqn.impl.fn, [(p == blocks).astype(np.float64), (q == blocks.reshape((-1,) + (1,) * q.ndim))
                                    .astype(np.float64)], [True, True])  # fmt: skip
@@ -452,7 +478,49 @@ def _split(eqn: Equation, ins: list[np.ndarray], probe: Probe, sets: BlockSets) 
     count = np.asarray(count, dtype=np.float64)
     if not np.all((np.abs(match - count) < 0.5) | (match < 0.5)):
         return None
-    return Split(tuple(sides), np.broadcast_to(match > 0.5, eqn.outs[0].shape))
+    split.mixed = np.broadcast_to(match > 0.5, eqn.outs[0].shape)
+    return split
+
+
+def _unsummed(eqn: Equation, ins: list[np.ndarray], side: int, probe: Probe):
+    """``(pattern over (n, *out), axis)`` of the term of operand ``side`` with one contracted axis unsummed,
+    the first axis for which it keeps one set per element; ``(None, None)`` if none does."""
+    unsum = getattr(eqn.impl, "unsum", None)
+    if unsum is None:
+        return None, None
+    ones = np.ones(eqn.ins[1 - side].shape)
+    for axis in range(ins[side].ndim):
+        fn = unsum(side, axis)
+        if fn is None:
+            continue
+        args = [_stats(ins[0]), ones] if side == 0 else [ones, _stats(ins[1])]
+        (r,) = probe(fn, args, [side == 0, side == 1])
+        p = _from_stats(np.asarray(r, dtype=np.float64))
+        if not (p == DENSE).any():
+            return p, axis
+    return None, None
+
+
+#: the most (elements × output elements) a partners probe evaluates
+PARTNER_PROBE = 1 << 24
+
+
+def _partners(eqn: Equation, ins: list[np.ndarray], side: int, probe: Probe) -> np.ndarray | None:
+    """The set of the other operand's elements each element of operand ``side`` is paired with (``Σ_γ B(e_α,
+    stats)``, one probe row per element ``α``), or None when some element's partners span several sets."""
+    shape, other = eqn.ins[side].shape, ins[1 - side]
+    size = _size(eqn.ins[side])
+    if size * max(_size(eqn.outs[0]), 1) > PARTNER_PROBE:
+        return None
+    eye = np.eye(size).reshape((size,) + shape)
+    rows = []
+    for st in _stats(other):
+        args = [eye, st] if side == 0 else [st, eye]
+        (r,) = probe(eqn.impl.fn, args, [side == 0, side == 1])
+        r = np.asarray(r, dtype=np.float64)
+        rows.append(r.reshape(size, -1).sum(axis=1))
+    q = _from_stats(np.stack(rows)).reshape(shape)
+    return None if (q == DENSE).any() else q
 
 
 def _checked(outs: list[np.ndarray], reason: str):
@@ -503,16 +571,34 @@ def sparse_plan(program: Program, R: int, probe: Probe, concrete: Callable, orde
     return best
 
 
-def _split_cost(plan: SparsePlan, split: Split, eqn: Equation, ins: list, size: float, per_dir: int) -> float:
-    """A split contraction: each term at its operand's slots, the mixed term at the slots, and each term's
-    expansion to the ``R`` directions of the output."""
-    out = _size(eqn.outs[0])
+def _split_fits(plan: SparsePlan, split: Split, eqn: Equation) -> bool:
+    """The operands the split takes as compressed are, and those it takes as dense are not."""
+    for v, side, d in zip(eqn.ins, split.sides, split.dense, strict=True):
+        if side is not None and v not in plan.compressed:
+            return False
+        if d and v in plan.compressed:
+            return False
+    return True
+
+
+def _split_cost(plan: SparsePlan, split: Split, eqn: Equation, size: float, per_dir: int) -> float:
+    """A split contraction, against ``R·size`` for all its per-direction products dense: a dense operand's term
+    at its share of that, each compressed term at its slots' share and its expansion (or scatter) to the
+    ``R`` directions of the output, the mixed term at the slots' share (and the gather of a dense operand's
+    partner directions)."""
+    R, out = plan.R, _size(eqn.outs[0])
+    unit = R * size / split.terms()
     cost = 0.0
-    for v, side in zip(eqn.ins, split.sides, strict=True):
-        if side is not None:
-            cost += plan.slots(v) * size + GATHER_COST * plan.R * out * per_dir
-    if split.mixed is not None:
-        cost += max(plan.slots(v) for v in ins) * size
+    for v, side, d in zip(eqn.ins, split.sides, split.dense, strict=True):
+        if d:
+            cost += unit
+        elif side is not None:
+            cost += unit * plan.slots(v) / R + GATHER_COST * R * out * per_dir
+    if split.mixed is not None or split.partners is not None:
+        k = max(plan.slots(v) for v, side in zip(eqn.ins, split.sides, strict=True) if side is not None)
+        cost += unit * k / R
+        if split.partners is not None:
+            cost += GATHER_COST * k * _size(eqn.ins[split.dense.index(True)]) * per_dir
     return cost
 
 
@@ -576,9 +662,9 @@ def _choose(
                         cost += GATHER_COST * k_out * _size(outs[0]) * per_dir
             continue
         split = splits.get(i)
-        if split is not None and order <= 2 and all(v in plan.compressed for v in ins):
-            fresh = [v for v in ins if v not in expanded]
-            kept = _split_cost(plan, split, eqn, ins, size, per_dir)
+        if split is not None and order <= 2 and _split_fits(plan, split, eqn):
+            fresh = [v for v in ins if v in plan.compressed and v not in expanded]
+            kept = _split_cost(plan, split, eqn, size, per_dir)
             if kept < R * size + GATHER_COST * R * per_dir * sum(_size(v) for v in fresh):
                 plan.splits[eqn] = split
                 cost += kept
