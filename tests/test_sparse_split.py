@@ -213,3 +213,25 @@ def test_split_annotation_matches_a_dense_evaluation(b):
                                                   eqn.ins[dense])  # fmt: skip
             _close(eqn.impl.fn(*slots)[0].sum(axis=1), both.sum(axis=1))
     assert kinds_seen == {"plain", "unsummed", "mixed", "partners"}, kinds_seen
+
+
+@pytest.mark.parametrize("order", ["identity", "reversed", "not a permutation"])
+def test_jax_scatter_of_particles_onto_their_blocks(order):
+    """``scatter_sum`` of ``(b, n, K)`` slots whose row ``j`` lies in one block: a transpose when the rows map to
+    the blocks one to one (in any order), the general scatter-add otherwise; both equal ``np.add.at``."""
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    from multijet.backends import jax_sparse
+    from multijet.engine.program import Var
+
+    b, n, K = 3, 5, 4
+    blocks = {"identity": np.arange(n), "reversed": np.arange(n)[::-1], "not a permutation": np.array([0, 0, 2, 3, 4])}
+    pattern = np.broadcast_to(blocks[order][:, None], (n, K)).copy()
+    plan = sparsity.SparsePlan(None, b, b * n, {}, sparsity.BlockSets(n, cap=2))
+    flat, size, shape = plan.sum_index(pattern, (0,))
+    assert (jax_sparse._block_transpose(flat, size, (n, K)) is None) == (order == "not a permutation")
+    c = np.random.default_rng(0).standard_normal((b, n, K))
+    expect = np.zeros(size + 1)
+    np.add.at(expect, flat.reshape(-1), c.reshape(-1))
+    got = jax_sparse.SparseOps.scatter_sum(c, flat, size, Var((n, K), np.dtype("float64")), shape)
+    _close(got, expect[:size].reshape(shape))

@@ -501,25 +501,33 @@ def _unsummed(eqn: Equation, ins: list[np.ndarray], side: int, probe: Probe):
     return None, None
 
 
-#: the most (elements × output elements) a partners probe evaluates
-PARTNER_PROBE = 1 << 24
+#: the most ``|operand| × max(|operand|, |output|)`` entries the partners probe builds (in chunks of rows)
+PARTNER_PROBE = 1 << 28
+_PARTNER_CHUNK = 1 << 22
 
 
 def _partners(eqn: Equation, ins: list[np.ndarray], side: int, probe: Probe) -> np.ndarray | None:
-    """The set of the other operand's elements each element of operand ``side`` is paired with (``Σ_γ B(e_α,
-    stats)``, one probe row per element ``α``), or None when some element's partners span several sets."""
+    """The set of the other operand's elements each element ``α`` of operand ``side`` is paired with (``Σ_γ
+    B(e_α, stats)``, probed with rows of the identity, in chunks), or None when some element's partners span
+    several sets (or the operand is too large to probe)."""
     shape, other = eqn.ins[side].shape, ins[1 - side]
     size = _size(eqn.ins[side])
-    if size * max(_size(eqn.outs[0]), 1) > PARTNER_PROBE:
+    width = max(size, _size(eqn.outs[0]), 1)
+    if size * width > PARTNER_PROBE:
         return None
-    eye = np.eye(size).reshape((size,) + shape)
-    rows = []
-    for st in _stats(other):
-        args = [eye, st] if side == 0 else [st, eye]
-        (r,) = probe(eqn.impl.fn, args, [side == 0, side == 1])
-        r = np.asarray(r, dtype=np.float64)
-        rows.append(r.reshape(size, -1).sum(axis=1))
-    q = _from_stats(np.stack(rows)).reshape(shape)
+    stats = _stats(other)
+    rows = np.zeros((4, size))
+    step = max(1, _PARTNER_CHUNK // width)
+    for lo in range(0, size, step):
+        hi = min(size, lo + step)
+        eye = np.zeros((hi - lo, size))
+        eye[np.arange(hi - lo), np.arange(lo, hi)] = 1.0
+        eye = eye.reshape((hi - lo,) + shape)
+        for t, st in enumerate(stats):
+            args = [eye, st] if side == 0 else [st, eye]
+            (r,) = probe(eqn.impl.fn, args, [side == 0, side == 1])
+            rows[t, lo:hi] = np.asarray(r, dtype=np.float64).reshape(hi - lo, -1).sum(axis=1)
+    q = _from_stats(rows).reshape(shape)
     return None if (q == DENSE).any() else q
 
 
