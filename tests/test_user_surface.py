@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import multijet as mj
+from multijet import api
 
 HINT = "x of shape (5,) is read as one point of dimension D=5; for 5 points in one dimension pass shape (5, 1)"
 
@@ -225,6 +226,64 @@ def test_return_std_is_the_same_on_every_backend():
             np.testing.assert_allclose(np.asarray(a), b, rtol=1e-10)
 
 
+def _groups_apart(monkeypatch):
+    """Run the sample groups one after the other (the joined pass switched off), as the reference."""
+    monkeypatch.setattr(api, "join_plans", lambda plans: None)
+
+
+@pytest.mark.parametrize("op,samples", [(mj.Laplacian(), 12), (mj.Bilaplacian(), 10),
+                                         (mj.Laplacian() + mj.WeightedLaplacian(np.diag([1.0, 2, 0, 1, 3])), 9)])
+def test_return_std_groups_in_one_pass_equal_the_groups_apart(op, samples, monkeypatch):
+    """The joined pass (one program, each sample group collapsed into its own top sum) gives the numbers of
+    the G separate runs, for the exact result of each group; a single point and a batch."""
+    for x in (_X, _X[0]):
+        one = mj.apply(op, _f, x, samples=samples, seed=11, return_std=True)
+        compiled = mj.compile(op, _f, x, samples=samples, seed=11, return_std=True)(x)
+        with monkeypatch.context() as m:
+            _groups_apart(m)
+            apart = mj.apply(op, _f, x, samples=samples, seed=11, return_std=True)
+        for a, b, c in zip(one, compiled, apart, strict=True):
+            assert np.shape(a) == np.shape(c)
+            np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(b, c, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.torch
+def test_return_std_torch_program_computes_the_primal_once():
+    torch = pytest.importorskip("torch")
+    W1t, W2t = torch.tensor(_W1), torch.tensor(_W2)
+
+    def g(x):
+        return torch.tanh(W1t @ torch.tanh(x)) @ W2t
+
+    X = torch.tensor(_X)
+    compiled = mj.compile(mj.Laplacian(), g, X, samples=16, seed=2, return_std=True)
+    text = compiled.code
+    assert text.count("aten.tanh.default(") == 2, text  # the primal's two tanh once, not once per sample group
+    est, std = compiled(X)
+    apart = [mj.laplacian(g, X, samples=p.samples, seed=p.seed) for p in compiled.plans]
+    mean = sum(p.samples * a.numpy() for p, a in zip(compiled.plans, apart, strict=True)) / 16
+    np.testing.assert_allclose(est.numpy(), mean, rtol=1e-10)
+    assert "8 sample groups in one pass" in str(api.join_plans(compiled.plans))
+
+
+@pytest.mark.jax
+def test_return_std_jax_program_computes_the_primal_once():
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    jnp = jax.numpy
+
+    def g(x):
+        return jnp.tanh(_W1 @ jnp.tanh(x)) @ _W2
+
+    X = jnp.asarray(_X)
+    compiled = mj.compile(mj.Laplacian(), g, X, samples=16, seed=2, return_std=True)
+    hlo = compiled._fns[0].lower(X).compile().as_text()
+    assert len(compiled._fns) == 1 and hlo.count(" tanh(") == 2, hlo  # one program; XLA merged the primals
+    est, std = compiled(X)
+    assert est.shape == std.shape == (3,) and bool(jnp.all(std > 0))
+
+
 def test_bench_with_samples_reports_estimate_and_error(tmp_path):
     from multijet.cli import main
 
@@ -238,3 +297,18 @@ def test_bench_with_samples_reports_estimate_and_error(tmp_path):
     (est,) = json.loads(path.read_text())["estimates"]
     assert est["samples"] == 4 and est["std"] > 0
     assert abs(est["estimate"] - est["exact"]) < 6 * est["std"]
+
+
+def test_return_std_of_a_composition_runs_its_groups_apart():
+    """The Rademacher bi-Laplacian is estimated by composition ``Δ̂(Δ̂f)``: its sample groups cannot share one
+    top sum and run one after the other; the standard error is still there, and the estimate unbiased."""
+    def g(x):
+        return np.tanh(_W1[:, :3] @ x) @ _W2
+
+    X = _X[:, :3]
+    plans = api._plans(mj.Bilaplacian(), 3, 8, "rademacher", 1, None, True)
+    assert plans[0].compositions and api._runs(plans, "collapsed") == plans
+    est, std = mj.bilaplacian(g, X, samples=8, seed=1, distribution="rademacher", return_std=True)
+    assert est.shape == std.shape == (3,) and np.all(std > 0)
+    ests = [mj.bilaplacian(g, X, samples=8, seed=s, distribution="rademacher") for s in range(200)]
+    np.testing.assert_array_less(np.abs(np.mean(ests, 0) - mj.bilaplacian(g, X)), 4 * np.std(ests, 0) / np.sqrt(200))

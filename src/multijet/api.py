@@ -13,7 +13,7 @@ import numpy as np
 from .backends import available_backends, get_backend, infer_backend
 from .backends.interop import interop
 from .chunking import check_chunks
-from .errorbars import batch_means, group_plans
+from .errorbars import batch_means, group_plans, join_plans
 from .errors import BackendError, MultijetError
 from .plan import DISTRIBUTIONS, METHODS, Plan, make_plan
 from .routes import compile_plan, run_plan
@@ -141,10 +141,20 @@ def apply(
     plans = _plans(op, X.shape[-1], samples, distribution, _seed(module, seed), _route(route, module, method),
                    return_std)  # fmt: skip
     xin, back = _to_backend(x, name)
+    runs = _runs(plans, method)
     with one_point_reading(X.shape):
         outs = [run_plan(module, p, f, xin, method=method, return_grad=return_grad and i == 0, **chunks)
-                for i, p in enumerate(plans)]  # fmt: skip
-    return _finish(outs, plans, back, return_grad, return_std)
+                for i, p in enumerate(runs)]  # fmt: skip
+    return _finish(outs, plans, back, return_grad, return_std, X.ndim == 2)
+
+
+def _runs(plans: list[Plan], method: str) -> list[Plan]:
+    """The plans to run: the sample groups of ``return_std`` joined into one pass where they can be."""
+    if len(plans) > 1 and method != "nested":
+        joined = join_plans(plans)
+        if joined is not None:
+            return [joined]
+    return plans
 
 
 def _plans(op, dim, samples, distribution, seed, route, return_std) -> list[Plan]:
@@ -157,15 +167,19 @@ def _plans(op, dim, samples, distribution, seed, route, return_std) -> list[Plan
     return [make_plan(op, dim, samples=samples, distribution=distribution, seed=seed, route=route)]
 
 
-def _finish(outs: list, plans: list[Plan], back, return_grad: bool, return_std: bool):
-    """``(value, result, grad)`` of each plan → the public return: the groups' mean and standard error."""
+def _finish(outs: list, plans: list[Plan], back, return_grad: bool, return_std: bool, batched: bool):
+    """``(value, result, grad)`` of each run plan → the public return: the groups' mean and standard error (a
+    joined run's result holds the groups on the axis after the batch's)."""
     value, result, grad = outs[0]
     std = None
     if return_std:
-        if len(outs) == 1:  # exact: no sampling error
+        if len(plans) == 1:  # exact: no sampling error
             std = result * 0
         else:
-            result, std = batch_means([o[1] for o in outs], [p.samples for p in plans])
+            parts = [o[1] for o in outs]
+            if len(outs) == 1:
+                parts = [result[:, g] if batched else result[g] for g in range(len(plans))]
+            result, std = batch_means(parts, [p.samples for p in plans])
     if back is not None:
         value, result, grad, std = (None if a is None else back(a) for a in (value, result, grad, std))
     out = (value, grad, result) if return_grad else (result,)
@@ -190,7 +204,7 @@ class Compiled:
         self.chunks = dict(chunks or {})
         with one_point_reading(getattr(x_example, "shape", ())):
             self._fns = [compile_plan(module, q, f, x_example, method=method, return_grad=return_grad and i == 0,
-                                      **self.chunks) for i, q in enumerate(plans)]  # fmt: skip
+                                      **self.chunks) for i, q in enumerate(_runs(plans, method))]  # fmt: skip
         self._fn = self._fns[0]
 
     def __call__(self, x):
@@ -200,7 +214,7 @@ class Compiled:
         back = None
         if self._convert:
             x, back = _to_backend(x, self.backend)
-        return _finish([fn(x) for fn in self._fns], self.plans, back, self.return_grad, self.return_std)
+        return _finish([fn(x) for fn in self._fns], self.plans, back, self.return_grad, self.return_std, X.ndim == 2)
 
     @property
     def code(self) -> str:

@@ -8,15 +8,22 @@ itself), and returns
 
 the batch-means error of the mean (for equal groups, ``sqrt(Σ (m_g − estimate)² / (G (G − 1)))``). The
 estimate has the distribution of an ``S``-sample estimate (the samples are i.i.d.), though not the same numbers
-as ``return_std=False`` at the same seed. Cost: each group propagates
-its own primal and top coefficient, so ``S + 2G`` arrays per node instead of ``S + 2`` (collapsed Laplacian),
-at most ``S + 16``. The error estimate has ``G − 1`` degrees of freedom, so ``|estimate − exact| < std`` holds
-about 65 % of the time at ``G = 8`` (a t-distribution with 7 degrees of freedom; 68 % in the limit).
+as ``return_std=False`` at the same seed.
+
+Cost: the groups run in one pass (:func:`join_plans`), each group's directions collapsing into its own top
+sum, and the primal is computed once (JAX: XLA merges the groups' identical primal computations; torch: the
+emitted graph shares them; the NumPy reference recomputes it per group). A collapsed Laplacian then carries
+``S + 1 + G`` arrays per node instead of ``S + 2`` (at most ``S + 9``). Plans with compositions (``P(Q f)``,
+e.g. the Rademacher bi-Laplacian) and ``method="nested"`` run the groups one after the other.
+
+The error estimate has ``G − 1`` degrees of freedom, so ``|estimate − exact| < std`` holds about 65 % of the
+time at ``G = 8`` (a t-distribution with 7 degrees of freedom; 68 % in the limit).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -24,7 +31,7 @@ import numpy as np
 from .plan import Plan, make_plan
 from .spec import Operator
 
-__all__ = ["std_groups", "group_plans", "batch_means"]
+__all__ = ["std_groups", "group_plans", "join_plans", "batch_means"]
 
 MAX_GROUPS = 8
 
@@ -45,6 +52,24 @@ def group_plans(op: Operator, dim: int, samples: int, distribution: str | None, 
     seeds = [int(s.generate_state(2, np.uint64)[0] >> np.uint64(2)) for s in root.spawn(len(sizes))]
     return [make_plan(op, dim, samples=n, distribution=distribution, seed=s, route=route)
             for n, s in zip(sizes, seeds, strict=True)]  # fmt: skip
+
+
+def join_plans(plans: Sequence[Plan]) -> Plan | None:
+    """The groups' plans as one plan of ``G`` parts (``Plan.parts``): one pass whose primal is shared and whose
+    groups each collapse into their own part's top sum; None for plans with compositions (run apart)."""
+    if any(p.compositions for p in plans):
+        return None
+    groups, parts = [], []
+    for g, p in enumerate(plans):
+        offset = len(groups)
+        for grp in p.groups:
+            if grp.served_by is not None:
+                grp = grp.with_served_by(grp.served_by[0] + offset, grp.served_by[1])
+            groups.append(grp)
+            parts.append(g)
+    first = plans[0]
+    return replace(first, groups=tuple(groups), samples=sum(p.samples or 0 for p in plans), parts=tuple(parts),
+                   alternatives=())  # fmt: skip
 
 
 def batch_means(parts: Sequence[Any], sizes: Sequence[int]) -> tuple[Any, Any]:

@@ -65,6 +65,7 @@ class Plan:
     route: str = "directions"
     compositions: tuple[Composition, ...] = ()
     alternatives: tuple[tuple[str, int | None, str], ...] = ()  # (route, cost or None, why not)
+    parts: tuple[int, ...] = ()  # per group, the sample group it belongs to (return_std); () : one part
 
     @property
     def randomized(self) -> bool:
@@ -124,6 +125,9 @@ class Plan:
             f"randomised, {self.samples} {self.distribution} samples, seed={self.seed}" if self.randomized else "exact"
         )
         lines = [f"{indent}Plan for {self.operator!r} at D={self.dim} ({kind}); route: {self.route}"]
+        if self.parts:
+            lines.append(f"{indent}  {max(self.parts) + 1} sample groups in one pass, each collapsed into its own "
+                         "top sum (return_std: batch means)")  # fmt: skip
         for i, g in enumerate(self.groups, 1):
             lines.extend(indent + line for line in g.describe(i, self.dim))
         for c in self.compositions:

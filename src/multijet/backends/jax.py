@@ -237,7 +237,11 @@ def _jet_point(source, specs, return_grad, static, consts, x, arrays):
 
     value, total, grad = engine.evaluate(program, specs, return_grad, inputs, _block_loop)
     shape, dtype = out_var.shape, out_var.dtype
-    total = jnp.zeros(shape, dtype) if total is None else jnp.broadcast_to(total, shape)
+
+    def full(t):
+        return jnp.zeros(shape, dtype) if t is None else jnp.broadcast_to(t, shape)
+
+    total = jnp.stack([full(t) for t in total]) if isinstance(total, list) else full(total)  # parts: (P, *shape)
     if not return_grad:  # the value is not part of the result: let XLA drop the primal output
         return None, total, None
     value = jnp.broadcast_to(value, shape)

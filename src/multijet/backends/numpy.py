@@ -161,7 +161,12 @@ def _read(program, res, N: int, D: int, return_grad: bool):
             return np.zeros(lead + shape, dtype)
         return a if tuple(a.shape) == lead + shape else xp_of(a).broadcast_to(a, lead + shape)
 
-    return full(value, (N, 1)), full(total, (N, 1)), full(grad, (N, D)) if return_grad else None
+    if isinstance(total, list):  # the parts of return_std along the direction axis: (N, P, *s)
+        parts = [full(t, (N, 1)) for t in total]
+        total = xp_of(*parts).concat(parts, axis=1) if any(is_tracer(a) for a in parts) else np.concatenate(parts, 1)
+    else:
+        total = full(total, (N, 1))
+    return full(value, (N, 1)), total, full(grad, (N, D)) if return_grad else None
 
 
 def _run_batch(plan: Plan, f: Callable, X: np.ndarray, method: str, return_grad: bool, dchunk=None, sparsity=None):
@@ -170,7 +175,8 @@ def _run_batch(plan: Plan, f: Callable, X: np.ndarray, method: str, return_grad:
     program = capture(f, x0, X.dtype)
     res = _evaluate(program, plan, method, return_grad, x0, X.dtype, N, dchunk, sparsity)
     value, total, grad = _read(program, res, N, D, return_grad)
-    return np.array(value[:, 0]), np.array(total[:, 0]), None if grad is None else np.moveaxis(grad, 1, -1).copy()
+    total = total[:, 0] if total.shape[1] == 1 and not isinstance(res[1], list) else total
+    return np.array(value[:, 0]), np.array(total), None if grad is None else np.moveaxis(grad, 1, -1).copy()
 
 
 def _run_traced(plan: Plan, f: Callable, x: Tracer, method: str, return_grad: bool, dchunk=None):
@@ -183,7 +189,8 @@ def _run_traced(plan: Plan, f: Callable, x: Tracer, method: str, return_grad: bo
     res = _evaluate(program, plan, method, return_grad, NS.reshape(x, (1, 1, D)), x.dtype, 1, dchunk, sparsity=False)
     value, total, grad = _read(program, res, 1, D, return_grad)
     shape = program.outvars[0].shape
-    value, total = (xp_of(a).reshape(a, shape) for a in (value, total))
+    value = xp_of(value).reshape(value, shape)
+    total = xp_of(total).reshape(total, ((len(res[1]),) if isinstance(res[1], list) else ()) + shape)
     if grad is not None:
         grad = xp_of(grad).moveaxis(xp_of(grad).reshape(grad, (D,) + shape), 0, -1)
     return value, total, grad

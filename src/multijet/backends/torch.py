@@ -177,7 +177,11 @@ def _results(E: Emitter, out, value, total, grad, D: int, return_grad: bool):
     def zeros(extra=()):
         return g.call_function(torch.zeros, ([E.N, *shape, *extra],), {"dtype": out.dtype, "device": E.device})
 
-    res_total = zeros() if total is None else first(total)
+    if isinstance(total, list):  # the parts of return_std: (N, P, *shape)
+        parts = [zeros() if t is None else first(t) for t in total]
+        res_total = g.call_function(torch.stack, (parts, 1))
+    else:
+        res_total = zeros() if total is None else first(total)
     res_grad = None
     if return_grad:
         if grad is None:

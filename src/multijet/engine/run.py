@@ -59,6 +59,7 @@ class GroupSpec:
     size: int = 0  # all directions of the group (``R`` when ``blocks == 1``)
     unit: bool = False  # unit directions on fewer than half the axes: the backend seeds Identity(R, axes)
     sparse: int = 0  # direction sparsity: the most particles (blocks) one element may depend on; 0: off
+    part: int = 0  # the sample group whose total this group's result joins (return_std); 0: the only one
 
 
 def block_sizes(size: int, chunk: int | None) -> tuple[int, int]:
@@ -95,7 +96,8 @@ def group_specs(
         ones = bool(np.all(_weights(plan, i, i in served) == 1.0))
         identity = i not in served and g.order > 0 and _embedded(g)
         unit = share and i not in served and g.order > 0 and g.unit_axes is not None and not identity
-        out.append(GroupSpec(g.order, R, identity, ones, collapsed, blocks=n, size=size, unit=unit, **kind))
+        part = plan.parts[i] if getattr(plan, "parts", ()) else 0
+        out.append(GroupSpec(g.order, R, identity, ones, collapsed, blocks=n, size=size, unit=unit, part=part, **kind))
     if return_grad and _gradient_group(out) is None:
         R, n = block_sizes(plan.dim, direction_chunk)
         out.append(GroupSpec(1, R, True, True, False, gradient_only=True, blocks=n, size=plan.dim))
@@ -200,9 +202,13 @@ def evaluate(
     ``loop(block, spec)`` runs ``block(b) -> (value, total, gradient part)`` over the blocks and returns the
     value, the summed total and the joined gradient. A served group's context carries its read-off weights
     ``a`` as ``wsum`` (``weight0`` for k = 0). The gradient has the direction axis of size D in front.
+    With groups in several parts (``spec.part``: the sample groups of ``return_std``), the total is the list
+    of the parts' totals; the primal is the same program in every group (the backends compute it once: XLA's
+    common subexpressions, the torch emitter's shared nodes).
     """
     (xvar,) = program.invars
-    value = total = grad = None
+    value = grad = None
+    totals: dict[int, Any] = {}
     grad_from = _gradient_group(specs) if return_grad else None
     for i, spec in enumerate(specs):
         if spec.served:
@@ -232,13 +238,14 @@ def evaluate(
                 raise ValueError("this backend runs no direction blocks (direction_chunk_size)")
             v, t, g = loop(block, spec)
         value = v if value is None else value
-        total = _add(total, t)
+        totals[spec.part] = _add(totals.get(spec.part), t)
         if i == grad_from:
             grad = g
     for j, spec in enumerate(specs):  # served order-0 groups: a_0 · f
         if spec.served and spec.order == 0:
-            total = _add(total, _top_sum(group_inputs(j, spec)[0], [value]))
-    return value, total, grad
+            totals[spec.part] = _add(totals.get(spec.part), _top_sum(group_inputs(j, spec)[0], [value]))
+    parts = 1 + max((s.part for s in specs), default=0)
+    return value, (totals.get(0) if parts == 1 else [totals.get(p) for p in range(parts)]), grad
 
 
 def uses_sparsity(program: Program) -> bool:
