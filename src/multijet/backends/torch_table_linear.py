@@ -337,7 +337,30 @@ def vecmat_rule(shape):
 
 
 def _mm(n):
-    return kinds.Bilinear(matmul_fn(n.outs[0].shape))
+    return kinds.Bilinear(matmul_fn(n.outs[0].shape), unsum=_matmul_unsum(n.ins[0].shape, n.ins[1].shape,
+                                                                          n.outs[0].shape))  # fmt: skip
+
+
+def _matmul_unsum(sa: tuple, sb: tuple, shape: tuple):
+    """``unsum(side, axis)``: ``x @ y`` with the contracted axis (``x``'s last, ``y``'s second to last) unsummed,
+    in front of the point axes: ``out[k, …, m, n] = x[…, m, k] y[…, k, n]`` (matrices on both sides)."""
+    sa, sb = tuple(sa), tuple(sb)
+
+    def unsum(side: int, axis: int):
+        if len(sa) < 2 or len(sb) < 2 or axis != (len(sa) - 1 if side == 0 else len(sb) - 2):
+            return None
+        nd = max(len(sa), len(sb))
+
+        def fn(x, y):
+            E = x.E
+            x, y = (E.align(c if isinstance(c, Co) else E.lift(c), nd) for c in (x, y))
+            terms = E.call(torch.mul, E.call(torch.unsqueeze, x.node, -1), E.call(torch.unsqueeze, y.node, -3))
+            node = E.call(torch.movedim, terms, -2, 2)
+            return [Co(E, node, x.b or y.b, max(x.r, y.r), (sa[-1],) + tuple(shape))]
+
+        return fn
+
+    return unsum
 
 
 def _dot(n):
