@@ -22,6 +22,7 @@ time at ``G = 8`` (a t-distribution with 7 degrees of freedom; 68 % in the limit
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
@@ -56,7 +57,13 @@ def group_plans(op: Operator, dim: int, samples: int, distribution: str | None, 
 
 def join_plans(plans: Sequence[Plan]) -> Plan | None:
     """The groups' plans as one plan of ``G`` parts (``Plan.parts``): one pass whose primal is shared and whose
-    groups each collapse into their own part's top sum; None for plans with compositions (run apart)."""
+    groups each collapse into their own part's top sum; None for plans with compositions (run apart). The same
+    plans (a seeded call repeated) give the same joined plan, so the backends' per-plan caches hold."""
+    return _join(tuple(plans))
+
+
+@functools.lru_cache(maxsize=64)
+def _join(plans: tuple[Plan, ...]) -> Plan | None:
     if any(p.compositions for p in plans):
         return None
     groups, parts = [], []
