@@ -202,9 +202,12 @@ class Compiled:
         if self._convert:
             x_example = _to_backend(x_example, backend)[0]
         self.chunks = dict(chunks or {})
+        runs = _runs(plans, method)
+        if len(runs) == 1:  # exact, or the sample groups joined: the plan that runs (it prints every group)
+            self.plan = runs[0]
         with one_point_reading(getattr(x_example, "shape", ())):
             self._fns = [compile_plan(module, q, f, x_example, method=method, return_grad=return_grad and i == 0,
-                                      **self.chunks) for i, q in enumerate(_runs(plans, method))]  # fmt: skip
+                                      **self.chunks) for i, q in enumerate(runs)]  # fmt: skip
         self._fn = self._fns[0]
 
     def __call__(self, x):

@@ -75,8 +75,9 @@ def _join(plans: tuple[Plan, ...]) -> Plan | None:
             groups.append(grp)
             parts.append(g)
     first = plans[0]
+    note = f"return_std: {len(plans)} groups of the samples, each with its own seed drawn from the call's seed"
     return replace(first, groups=tuple(groups), samples=sum(p.samples or 0 for p in plans), parts=tuple(parts),
-                   alternatives=())  # fmt: skip
+                   seed=None, alternatives=(), notes=first.notes + (note,))  # fmt: skip
 
 
 def batch_means(parts: Sequence[Any], sizes: Sequence[int]) -> tuple[Any, Any]:

@@ -121,9 +121,8 @@ class Plan:
     __repr__ = __str__
 
     def _lines(self, indent: str = "") -> list[str]:
-        kind = (
-            f"randomised, {self.samples} {self.distribution} samples, seed={self.seed}" if self.randomized else "exact"
-        )
+        seed = "a seed per sample group" if self.parts and self.seed is None else f"seed={self.seed}"
+        kind = f"randomised, {self.samples} {self.distribution} samples, {seed}" if self.randomized else "exact"
         lines = [f"{indent}Plan for {self.operator!r} at D={self.dim} ({kind}); route: {self.route}"]
         if self.parts:
             lines.append(f"{indent}  {max(self.parts) + 1} sample groups in one pass, each collapsed into its own "
