@@ -12,11 +12,19 @@ from typing import Any
 
 import numpy as np
 
+from .. import taylor
 from .context import Context
 from .program import Equation, Var
 from .sparsity import SparsePlan, Split, pointwise, row_slogdet, summed
 
 __all__ = ["SparseRun"]
+
+
+class _OnSlots:
+    """A per-direction coefficient of a split contraction's operand, for ``taylor.product``'s ``mul`` to see."""
+
+    def __init__(self, c):
+        self.c = c
 
 
 class SparseRun:
@@ -138,43 +146,35 @@ class SparseRun:
         return [[sign, None, None], [l0, l1, l2]]
 
     def _split(self, eqn: Equation, ins: list[list], split: Split) -> list[list] | None:
-        """A contraction run term by term (:class:`~.sparsity.Split`), collapsed order 2 or order 1:
-        ``z_1 = B(a_1, b_0) + B(a_0, b_1)``, a compressed operand's term on its slots, expanded to the R
-        directions after the contraction (or, with an axis unsummed, scattered into them); ``S_2(z) = B(S_2 a,
-        b_0) + B(a_0, S_2 b) + 2 Σ_r w_r B(a_{1,r}, b_{1,r})``, the mixed sum taken slot by slot: where the pairs
-        share a block, or with a dense operand's directions taken at its partners' slots."""
-        ctx, out = self.ctx, eqn.outs[0]
-        K = ctx.order
-        if not ((ctx.collapsed and K == 2) or K == 1):
+        """A contraction run term by term (:class:`~.sparsity.Split`), collapsed order 2 or order 1: the shared
+        Leibniz rule (``taylor.product``) with the products it asks for taken on slots — ``B(a_1, b_0)`` on the
+        compressed operand's slots and placed at the R directions after the contraction (expanded, or with an
+        axis unsummed, scattered), ``B(a_{1,r}, b_{1,r})`` slot by slot (where the pairs share a block, or with a
+        dense operand's directions taken at its partners' slots) and summed over the slots."""
+        ctx = self.ctx
+        if not ((ctx.collapsed and ctx.order == 2) or ctx.order == 1):
             return None
 
-        def mul(p, q, fn=eqn.impl.fn):
-            return fn(p, q)[0]
+        def mul(p, q):
+            if isinstance(p, _OnSlots) and isinstance(q, _OnSlots):
+                return self._mixed(eqn, p.c, q.c, split)
+            if isinstance(p, _OnSlots) or isinstance(q, _OnSlots):
+                side = 0 if isinstance(p, _OnSlots) else 1
+                return self._term(eqn, split, side, p.c if side == 0 else p, q.c if side == 1 else q)
+            return eqn.impl.fn(p, q)[0]
 
-        a, b = ins
-        z1 = None
-        for side, (mine, other) in enumerate(((a, b), (b, a))):
-            if mine[1] is None:
-                continue
-            axis, pattern = split.axes[side], split.sides[side]
-            fn = eqn.impl.fn if axis is None else eqn.impl.unsum(side, axis)
-            term = mul(mine[1], other[0], fn) if side == 0 else mul(other[0], mine[1], fn)
-            if pattern is not None:
-                term = self._directions(term, pattern, axis, out)
-            z1 = term if z1 is None else z1 + term
-        z = [mul(a[0], b[0]), z1]
-        if K == 2:
-            top = None
-            if a[2] is not None:
-                top = mul(a[2], b[0])
-            if b[2] is not None:
-                t = mul(a[0], b[2])
-                top = t if top is None else top + t
-            if a[1] is not None and b[1] is not None:
-                mixed = self._mixed(eqn, a[1], b[1], split)
-                top = mixed if top is None else top + mixed
-            z.append(top)
-        return [z]
+        a, b = ([_OnSlots(c) if k and c is not None and ctx.per_direction(k) else c for k, c in enumerate(jet)]
+                for jet in ins)  # fmt: skip
+        slots = taylor.JetContext(ctx.order, ctx.collapsed, ctx.layout.direction_sum)  # weights are in _mixed
+        return [taylor.product(a, b, slots, mul=mul)]
+
+    def _term(self, eqn: Equation, split: Split, side: int, p, q):
+        """``B(p, q)`` where operand ``side`` is a per-direction coefficient (slots, or all R if it is dense), at
+        the R directions."""
+        axis, pattern = split.axes[side], split.sides[side]
+        fn = eqn.impl.fn if axis is None else eqn.impl.unsum(side, axis)
+        term = fn(p, q)[0]
+        return term if pattern is None else self._directions(term, pattern, axis, eqn.outs[0])
 
     def _directions(self, term, pattern: np.ndarray, axis: int | None, out: Var):
         """A term on slots (of ``pattern``'s sets) at the R directions: expanded, or summed over the unsummed
@@ -188,7 +188,8 @@ class SparseRun:
         return layout.scatter_sum(term, flat, size, var, shape)
 
     def _mixed(self, eqn: Equation, a1, b1, split: Split):
-        """``2 Σ_r w_r B(a_{1,r}, b_{1,r})`` on slots (both operands' slots in one layout per pair)."""
+        """``w_s B(a_{1,s}, b_{1,s})`` on slots (both operands' slots in one layout per pair, the weight of each
+        slot's direction folded into ``a``), for ``Σ_s`` to sum."""
         layout, plan, ctx = self.ctx.layout, self.plan, self.ctx
         coeffs = [a1, b1]
         if split.partners is not None:  # the dense operand's directions at its partners' slots
@@ -204,7 +205,7 @@ class SparseRun:
         product = eqn.impl.fn(coeffs[0], coeffs[1])[0]
         if split.mixed is not None:
             product = product * layout.per_direction_const(split.mixed[None].astype(np.float64), eqn.outs[0])
-        return 2 * layout.direction_sum(product)
+        return product
 
     def _summed(self, eqn: Equation, ins: list[list]) -> list[list] | None:
         """``Σ`` over point axes of a compressed operand into a dense output: one scatter-add of the slots into
